@@ -1,0 +1,1 @@
+"""Pure PyTorch kernels of the three methods. No ComfyUI imports are allowed in this package."""
