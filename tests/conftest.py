@@ -23,3 +23,9 @@ def _register_pack(name: str = "ultrares"):
 
 
 _register_pack()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--comfyui", default=None,
+        help="ComfyUI folder to test against (default: $ULTRARES_COMFYUI). Built by tests/host/build_host.sh.")

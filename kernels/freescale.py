@@ -1,0 +1,402 @@
+"""FreeScale kernels: Scale Fusion, restrained dilation and tailored self-cascade helpers.
+
+FreeScale (Qiu et al., 2024), "FreeScale: Unleashing the Resolution of Diffusion Models via
+Tuning-Free Scale Fusion". Behaviour follows the official code as described in
+``docs/algorithms.md`` section 2 (and section 0 for the schedule conventions):
+
+* §2.5 Scale Fusion: the self-attention output is ``blur(L) + G − blur(G)``, with ``L`` the
+  overlap-averaged windowed (local) self-attention, ``G`` the global (or, in fast mode, dilated)
+  self-attention and ``blur`` a 3-D Gaussian over (h, w, channels).
+* §2.4 restrained dilated convolution: dilation factor and the set of dilated steps.
+* §2.2 / §2.3 tailored self-cascade: cosine skip-residual weight ``c1`` (optionally with a
+  per-pixel exponent from a region mask) and the blend ``x ← (1 − c1)·x + c1·N_i``.
+
+Pure PyTorch: nothing from ComfyUI is imported here. Shapes: tokens ``X`` are ``(B, N, C)`` with
+``N = h·w`` in row-major order; token maps are ``(B, h, w, C)``; latents are ``(B, C, H, W)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from kornia.filters import get_gaussian_kernel1d
+
+AttnFn = Callable[[torch.Tensor], torch.Tensor]
+"""Self-attention callable ``(B', N', C) -> (B', N', C_out)`` (incl. output projection)."""
+
+BASE_PX: int = 1024
+"""Base window in image px for SDXL (128 latent px). The turbo variant uses 512 (§2.5)."""
+
+NUM_TRAIN_TIMESTEPS: int = 1000
+
+DILATE_TAU: int = 35
+"""Steps with absolute index ``i < DILATE_TAU`` (of 50) use restrained dilation (§2.4)."""
+
+RESTRAINED_DILATION_LAYERS: tuple[str, ...] = (
+    # ComfyUI SDXL UNet module names of the dilated 3×3 convs (§2.4); no up-block layers.
+    "input_blocks.6.0.op",
+    "input_blocks.7.0.in_layers.2",
+    "input_blocks.7.0.out_layers.3",
+    "input_blocks.8.0.in_layers.2",
+    "input_blocks.8.0.out_layers.3",
+    "middle_block.0.in_layers.2",
+    "middle_block.0.out_layers.3",
+    "middle_block.2.in_layers.2",
+    "middle_block.2.out_layers.3",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale numbers, window layout ("views")
+# ---------------------------------------------------------------------------------------------
+
+
+def scale_numbers(H_px: int, W_px: int, base_px: int = BASE_PX) -> tuple[int, int]:
+    """Scale numbers ``(n_h, n_w) = (H_px // base, W_px // base)``, each at least 1.
+
+    FreeScale (Qiu et al., 2024), spec §2.5. The official code divides by ``n_w`` and builds a
+    ``2·n − 1`` kernel; clamping to 1 keeps targets below ``base_px`` from crashing.
+    """
+    return max(1, int(H_px) // base_px), max(1, int(W_px) // base_px)
+
+
+def blur_kernel_size(n_h: int, n_w: int) -> int:
+    """Gaussian kernel size ``K = 2·max(n_h, n_w) − 1`` (3 at 2048², 7 at 4096²), spec §2.5."""
+    return 2 * max(n_h, n_w, 1) - 1
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Local-attention windows over an ``h × w`` token map zero-padded by ``(r_h, r_w)``.
+
+    ``views`` holds ``(h0, h1, w0, w1)`` in *padded* coordinates (offset ``+r``), all of size
+    ``win_h × win_w``, row-major over (row, column) as in the official ``get_views``.
+    """
+
+    h: int
+    w: int
+    win_h: int
+    win_w: int
+    stride_h: int
+    stride_w: int
+    r_h: int
+    r_w: int
+    views: tuple[tuple[int, int, int, int], ...]
+
+
+def window_size(h: int, w: int, H_px: int, W_px: int, base_px: int = BASE_PX) -> tuple[int, int]:
+    """Token window ``(win_h, win_w)`` for an ``h × w`` map of a ``H_px × W_px`` target.
+
+    FreeScale (Qiu et al., 2024), spec §2.5. Officially the window is ``128/f`` tokens on the long
+    axis with ``f = 128·n_h/h`` latent px per token, and keeps the image aspect on the short
+    axis: i.e. it spans ``1/max(n_h, n_w)`` of *each* axis of the map (e.g. 2048×4096 at
+    64×128 tokens → 16×32). We compute exactly that, ``(h // n, w // n)`` with ``n = max(n_h, n_w)``,
+    from the real ``(h, w)``.
+    Deviation (⚠ spec): the official code infers ``(h, w)`` from ``N`` and the short-axis window
+    from ``n_h/n_w``, which is only right for multiples of ``base_px``; here the short axis follows
+    the true map aspect, so e.g. 2048×1536 gets ``(h/2, w/2)`` windows instead of ``(h/2, w/3)``.
+    For multiples of ``base_px`` window, stride and jitter range equal the official ones (checked
+    for every H, W in 1024..8192 at token maps H/8..H/64).
+    Below ``base_px`` or for ``n = 1`` the window is the whole map (single window).
+    """
+    n = max(scale_numbers(H_px, W_px, base_px))
+    return max(1, min(h, h // n)), max(1, min(w, w // n))
+
+
+def _axis_starts(L: int, win: int, stride: int) -> list[int]:
+    """Window starts along one axis: ``k·stride``, last shifted back to end at ``L`` (spec §2.5)."""
+    if L <= win:
+        return [0]
+    # Official count: int((L − win)/stride − 1e-6) + 2  ==  ceil((L − win)/stride) + 1.
+    count = -(-(L - win) // stride) + 1
+    return [min(k * stride, L - win) for k in range(count)]
+
+
+def _jitter_bounds(start: int, win: int, L: int, r: int) -> tuple[int, int]:
+    """Jitter range for one window: first ``[−r, 0]``, interior ``[−r, r]``, last ``[0, r]``."""
+    first, last = start == 0, start + win == L
+    if first and last:
+        return 0, 0
+    if first:
+        return -r, 0
+    if last:
+        return 0, r
+    return -r, r
+
+
+def get_views(
+    h: int,
+    w: int,
+    H_px: int,
+    W_px: int,
+    *,
+    base_px: int = BASE_PX,
+    jitter: bool = True,
+    generator: torch.Generator | None = None,
+) -> WindowLayout:
+    """Window layout with 50 % overlap and seeded jitter, FreeScale (Qiu et al., 2024), §2.5.
+
+    ``win`` from :func:`window_size`, ``stride = win // 2``, jitter range ``r = win // 8``; the
+    map is zero-padded by ``r`` so all views are shifted by ``+r``. Each view draws its own
+    ``(jitter_h, jitter_w)``. Deviation (⚠ spec): the official jitter uses unseeded Python
+    ``random``; here it comes from ``generator`` and is zero when ``jitter`` is False or
+    ``generator`` is None. ``stride`` is clamped to ≥ 1 (1-token windows would divide by zero).
+    """
+    win_h, win_w = window_size(h, w, H_px, W_px, base_px)
+    stride_h, stride_w = max(1, win_h // 2), max(1, win_w // 2)
+    r_h, r_w = win_h // 8, win_w // 8
+    starts_h = _axis_starts(h, win_h, stride_h)
+    starts_w = _axis_starts(w, win_w, stride_w)
+    grid = [(hs, ws) for hs in starts_h for ws in starts_w]  # row-major
+
+    bounds = torch.tensor(
+        [_jitter_bounds(hs, win_h, h, r_h) + _jitter_bounds(ws, win_w, w, r_w) for hs, ws in grid],
+        dtype=torch.float64,
+    )  # (V, 4): lo_h, hi_h, lo_w, hi_w
+    if jitter and generator is not None and (r_h > 0 or r_w > 0):
+        # Uniform integers in [lo, hi] from one vectorised draw: lo + floor(u·(hi − lo + 1)).
+        u = torch.rand(len(grid), 2, generator=generator, device=generator.device)
+        u = u.to("cpu", torch.float64)
+        lo, hi = bounds[:, 0::2], bounds[:, 1::2]
+        jit = (lo + torch.floor(u * (hi - lo + 1)).clamp(max=hi - lo)).to(torch.int64).tolist()
+    else:
+        jit = [[0, 0]] * len(grid)
+
+    views = tuple(
+        (hs + jh + r_h, hs + jh + r_h + win_h, ws + jw + r_w, ws + jw + r_w + win_w)
+        for (hs, ws), (jh, jw) in zip(grid, jit)
+    )
+    return WindowLayout(h, w, win_h, win_w, stride_h, stride_w, r_h, r_w, views)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local (windowed) and global / dilated self-attention
+# ---------------------------------------------------------------------------------------------
+
+
+def windowed_attention(
+    X: torch.Tensor,
+    layout: WindowLayout,
+    attn: AttnFn,
+    *,
+    max_views_per_call: int | None = None,
+) -> torch.Tensor:
+    """Local self-attention ``L`` on overlapping windows, averaged over the overlaps.
+
+    FreeScale (Qiu et al., 2024), spec §2.5 default mode steps 1–3: zero-pad the map by ``r``,
+    run ``attn`` on every view, accumulate value/count, crop the padding, ``L = value/count``.
+    All views have the same size, so they are stacked into the batch dimension and run in
+    ``ceil(V / max_views_per_call)`` calls (``None`` = one call). Returns ``(B, N, C_out)``.
+    """
+    B, N, C = X.shape
+    h, w, r_h, r_w = layout.h, layout.w, layout.r_h, layout.r_w
+    win_h, win_w = layout.win_h, layout.win_w
+    if N != h * w:
+        raise ValueError(f"token count {N} != h*w = {h}*{w}")
+    X_map = X.reshape(B, h, w, C)
+    X_pad = torch.nn.functional.pad(X_map, (0, 0, r_w, r_w, r_h, r_h))  # (B, h+2r_h, w+2r_w, C)
+
+    views = layout.views
+    chunk = len(views) if not max_views_per_call else max(1, int(max_views_per_call))
+    value: torch.Tensor | None = None
+    count = X.new_zeros(h + 2 * r_h, w + 2 * r_w, 1)  # (h+2r_h, w+2r_w, 1), shared by B and C
+    for c0 in range(0, len(views), chunk):
+        part = views[c0 : c0 + chunk]
+        tiles = torch.stack([X_pad[:, h0:h1, w0:w1] for h0, h1, w0, w1 in part])  # (V', B, wh, ww, C)
+        out = attn(tiles.reshape(len(part) * B, win_h * win_w, C))  # (V'·B, wh·ww, C_out)
+        out = out.reshape(len(part), B, win_h, win_w, out.shape[-1])
+        if value is None:
+            value = out.new_zeros(B, h + 2 * r_h, w + 2 * r_w, out.shape[-1])
+        for k, (h0, h1, w0, w1) in enumerate(part):
+            value[:, h0:h1, w0:w1] += out[k]
+            count[h0:h1, w0:w1] += 1
+    assert value is not None
+    # Explicit end indices: the official ``[r:-r]`` crop is empty (crash) when r = 0 (⚠ §2.8).
+    value = value[:, r_h : r_h + h, r_w : r_w + w]  # (B, h, w, C_out)
+    count = count[r_h : r_h + h, r_w : r_w + w].to(value.dtype)
+    L = torch.where(count > 0, value / count.clamp(min=1), value)
+    return L.reshape(B, N, -1)
+
+
+def dilated_global_attention(
+    X: torch.Tensor, h: int, w: int, attn: AttnFn, n_h: int, n_w: int
+) -> torch.Tensor:
+    """Fast-mode global part: attention over strided sub-grids, FreeScale (Qiu et al., 2024) §2.5.
+
+    For each offset ``(a, b)`` in ``n_h × n_w`` attend over the tokens ``[a::n_h, b::n_w]`` and
+    scatter back (every token lies in exactly one sub-grid, so no averaging is needed).
+    Sub-grids of equal shape are batched into one ``attn`` call; a map not divisible by
+    ``(n_h, n_w)`` yields up to four shapes and is handled group by group (the official code
+    assumes square, equal sub-grids). ``n`` is clamped to ``[1, h]``/``[1, w]``. Returns
+    ``(B, N, C_out)``.
+    """
+    B, N, C = X.shape
+    if N != h * w:
+        raise ValueError(f"token count {N} != h*w = {h}*{w}")
+    n_h, n_w = min(max(1, n_h), h), min(max(1, n_w), w)
+    X_map = X.reshape(B, h, w, C)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for a in range(n_h):
+        for b in range(n_w):
+            shape = (len(range(a, h, n_h)), len(range(b, w, n_w)))
+            groups.setdefault(shape, []).append((a, b))
+
+    out_map: torch.Tensor | None = None
+    for (sh, sw), offsets in groups.items():
+        subs = torch.stack([X_map[:, a::n_h, b::n_w] for a, b in offsets])  # (G, B, sh, sw, C)
+        out = attn(subs.reshape(len(offsets) * B, sh * sw, C))  # (G·B, sh·sw, C_out)
+        out = out.reshape(len(offsets), B, sh, sw, out.shape[-1])
+        if out_map is None:
+            out_map = out.new_empty(B, h, w, out.shape[-1])
+        for k, (a, b) in enumerate(offsets):
+            out_map[:, a::n_h, b::n_w] = out[k]
+    assert out_map is not None
+    return out_map.reshape(B, N, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-D Gaussian blur and Scale Fusion
+# ---------------------------------------------------------------------------------------------
+
+
+def gaussian_blur_3d(Y: torch.Tensor, kernel_size: int, sigma: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian over (h, w, **channels**) with zero padding, per batch element.
+
+    FreeScale (Qiu et al., 2024), spec §2.5 (⚠ the blur is 3-D): the official ``conv3d`` with a
+    ``K×K×K`` product kernel treats ``(h, w, C)`` as a volume. A product kernel with zero padding
+    equals three 1-D passes, done here as shifted weighted sums (no permutes). Taps come from
+    kornia's normalised 1-D Gaussian. ``Y`` is ``(B, h, w, C)``; computed in ≥ float32 and
+    returned in ``Y.dtype``.
+    """
+    K = int(kernel_size)
+    if K <= 1:
+        return Y.clone()
+    if K % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {K}")
+    work = torch.promote_types(Y.dtype, torch.float32)
+    taps = get_gaussian_kernel1d(K, float(sigma), dtype=torch.float64)[0].tolist()
+    out = Y.to(work)
+    p = K // 2
+    for dim in (1, 2, 3):
+        L = out.shape[dim]
+        pad = [0, 0] * (out.dim() - dim)
+        pad[-2:] = [p, p]  # F.pad order is last dim first; pad only ``dim``
+        padded = torch.nn.functional.pad(out, pad)
+        acc = torch.zeros_like(out)
+        for k, t in enumerate(taps):
+            acc.add_(padded.narrow(dim, k, L), alpha=t)
+        out = acc
+    return out.to(Y.dtype)
+
+
+def scale_fusion(
+    X: torch.Tensor,
+    h: int,
+    w: int,
+    attn: AttnFn,
+    target_hw: tuple[int, int],
+    fast_mode: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    jitter: bool = True,
+    base_px: int = BASE_PX,
+    sigma: float = 1.0,
+    max_views_per_call: int | None = None,
+) -> torch.Tensor:
+    """Scale Fusion self-attention output ``blur(L) + G − blur(G)``, FreeScale (Qiu et al., 2024).
+
+    Spec §2.5. ``X`` ``(B, N, C)`` is the norm1 output over an ``h × w`` token map of a
+    ``target_hw = (H_px, W_px)`` image; ``attn`` is the whole self-attention module incl. its
+    output projection (the blur mixes channels, so fusion must happen after ``to_out``).
+    ``L`` = windowed local attention (:func:`windowed_attention`), ``G`` = ``attn(X)`` over all
+    tokens, or in ``fast_mode`` the dilated attention (:func:`dilated_global_attention`).
+    Blur: 3-D Gaussian, ``K = 2·max(n_h, n_w) − 1``. Computed as ``G + blur(L − G)``, which is
+    the same by linearity and needs one blur instead of two. Returns ``(B, N, C_out)``.
+    With a single window spanning the map, ``L = G`` and the result is plain global attention.
+    """
+    B, N, C = X.shape
+    H_px, W_px = int(target_hw[0]), int(target_hw[1])
+    n_h, n_w = scale_numbers(H_px, W_px, base_px)
+    layout = get_views(h, w, H_px, W_px, base_px=base_px, jitter=jitter, generator=generator)
+
+    L = windowed_attention(X, layout, attn, max_views_per_call=max_views_per_call)  # (B, N, C_out)
+    if fast_mode:
+        G = dilated_global_attention(X, h, w, attn, n_h, n_w)  # (B, N, C_out)
+    else:
+        G = attn(X)  # (B, N, C_out)
+    C_out = G.shape[-1]
+    K = blur_kernel_size(n_h, n_w)
+    detail = gaussian_blur_3d((L - G).reshape(B, h, w, C_out), K, sigma)  # (B, h, w, C_out)
+    return G + detail.reshape(B, N, C_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restrained dilation and tailored self-cascade
+# ---------------------------------------------------------------------------------------------
+
+
+def dilation_factor(W_px: int, base_px: int = BASE_PX) -> int:
+    """Restrained dilation ``d = W_px // 1024`` (width only, ⚠ §2.8), at least 1. Spec §2.4.
+
+    FreeScale (Qiu et al., 2024): 2 at 2048, 4 at 4096; padding is set to ``d`` as well.
+    """
+    return max(1, int(W_px) // base_px)
+
+
+def is_dilated_step(i: int, dilate_tau: int = DILATE_TAU) -> bool:
+    """True when absolute step index ``i < dilate_tau`` (steps 15–34 of 50 with restart 15), §2.4."""
+    return int(i) < int(dilate_tau)
+
+
+def restart_step(steps: int, fraction: float = 0.3) -> int:
+    """First step of an upscaling stage, ``int(fraction·steps)`` (15 of 50; turbo 0.5), §2.2."""
+    return int(fraction * steps)
+
+
+def cosine_factor(t: float | torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """``c(t) = ½·(1 + cos(π·(T − t)/T))`` on the 0..T−1 timestep scale, spec §2.2 item 5."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    T = float(num_train_timesteps)
+    return 0.5 * (1.0 + torch.cos(math.pi * (T - t) / T))
+
+
+def mask_exponent(
+    mask: torch.Tensor, cosine_scale: float, cosine_scale_bg: float = 1.0
+) -> torch.Tensor:
+    """Per-pixel exponent ``mask·cosine_scale + (1 − mask)·cosine_scale_bg``, spec §2.3.
+
+    The official mask is binary (pixel ≠ 0) resized nearest to the latent; soft masks
+    interpolate the exponent linearly.
+    """
+    return mask * cosine_scale + (1 - mask) * cosine_scale_bg
+
+
+def skip_residual_weight(
+    t: float | torch.Tensor,
+    scale: float | torch.Tensor,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+) -> torch.Tensor:
+    """``c1 = c(t)^scale``, spec §2.2 item 5 / §2.3; ``scale`` may be a per-pixel tensor.
+
+    FreeScale (Qiu et al., 2024). For cosine_scale 2: t 681 → 0.592, 581 → 0.392, 481 → 0.221.
+    Returned in float64 for scalars, else in ``scale``'s floating dtype (the official imgen
+    pipeline casts to fp16; we keep full precision).
+    """
+    c = cosine_factor(t, num_train_timesteps)
+    if isinstance(scale, torch.Tensor):
+        dtype = scale.dtype if scale.is_floating_point() else torch.float32
+        return c.to(scale.device, dtype) ** scale.to(dtype)
+    return c ** float(scale)
+
+
+def skip_residual(x: torch.Tensor, N_i: torch.Tensor, c1: float | torch.Tensor) -> torch.Tensor:
+    """Skip-residual blend ``x ← (1 − c1)·x + c1·N_i``, spec §2.2 item 5 (returns a new tensor).
+
+    ``N_i`` is the upsampled latent noised to step ``i``; ``c1`` a scalar or a tensor that
+    broadcasts against ``x`` (e.g. ``(B, 1, H, W)`` from a mask).
+    """
+    if isinstance(c1, torch.Tensor):
+        c1 = c1.to(x.device, x.dtype)
+    return (1 - c1) * x + c1 * N_i

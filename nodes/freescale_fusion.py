@@ -1,0 +1,136 @@
+"""FreeScale Scale Fusion as a model patch: every UNet self-attention becomes global + local fused.
+
+FreeScale (Qiu et al., 2024), spec §2.5/§2.7. Each ``attn1`` of the UNet's transformer blocks is
+object-patched on a clone of the model with :class:`ScaleFusionAttention`, which runs the
+original module (ComfyUI's optimized attention, never an explicit N×N matrix) on overlapping
+windows and on the whole map, then fuses them after the output projection, as the 3-D blur
+requires. The math lives in ``kernels/freescale.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+
+import torch
+from comfy_api.latest import io
+
+from ..kernels import freescale
+
+LATENT_TO_PX = 8  # SD1.x/SDXL VAE; the node refuses models that are not such UNets.
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleFusionConfig:
+    sigma_start: float      # patch active while sigma_end <= σ <= sigma_start
+    sigma_end: float
+    fast_mode: bool
+    seed: int
+    jitter: bool
+    max_views_per_call: int | None
+
+
+class ScaleFusionAttention(torch.nn.Module):
+    """Wraps one ``attn1`` module; falls back to it unchanged outside the active σ range.
+
+    ``to_q``/``to_k``/``to_v``/``to_out`` stay reachable (as submodules of ``inner``, exposed as
+    attributes) because ComfyUI calls them directly when another node installs an ``attn1``
+    replace patch.
+    """
+
+    def __init__(self, inner: torch.nn.Module, config: ScaleFusionConfig, block_key: int):
+        super().__init__()
+        self.inner = inner
+        self.config = config
+        self.block_key = block_key
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
+        cfg = self.config
+        shape = transformer_options.get("activations_shape")
+        original = transformer_options.get("original_shape")
+        sigmas = transformer_options.get("sigmas")
+        self_attention = context is None and value is None and mask is None
+        if not (self_attention and shape and original and sigmas is not None):
+            return self.inner(x, context=context, value=value, mask=mask, transformer_options=transformer_options)
+        sigma = float(sigmas.max())
+        h, w = int(shape[-2]), int(shape[-1])
+        if not (cfg.sigma_end <= sigma <= cfg.sigma_start) or h * w != x.shape[1]:
+            return self.inner(x, transformer_options=transformer_options)
+
+        def attn(tokens: torch.Tensor) -> torch.Tensor:
+            return self.inner(tokens, transformer_options=transformer_options)
+
+        target_hw = (int(original[-2]) * LATENT_TO_PX, int(original[-1]) * LATENT_TO_PX)
+        # Jitter is seeded per (seed, block, σ): reproducible runs, different windows per step.
+        step_seed = zlib.crc32(struct.pack("<qid", cfg.seed, self.block_key, sigma))
+        generator = torch.Generator().manual_seed(step_seed)
+        return freescale.scale_fusion(x, h, w, attn, target_hw, fast_mode=cfg.fast_mode,
+                                      generator=generator, jitter=cfg.jitter,
+                                      max_views_per_call=cfg.max_views_per_call)
+
+
+def self_attention_modules(diffusion_model: torch.nn.Module) -> list[str]:
+    """Names of every transformer-block self-attention (``...transformer_blocks.N.attn1``)."""
+    return [name for name, module in diffusion_model.named_modules()
+            if name.endswith(".attn1") and ".transformer_blocks." in name
+            and hasattr(module, "to_q")]
+
+
+class FreeScaleScaleFusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_FreeScaleScaleFusion",
+            display_name="FreeScale Scale Fusion",
+            category="UltraRes/FreeScale",
+            description=(
+                "FreeScale Scale Fusion (Qiu et al., 2024): replaces every UNet self-attention with "
+                "local window attention (1024 px windows, 50% overlap) fused with global attention "
+                "by a 3-D Gaussian frequency split: low frequencies from the windows, high "
+                "frequencies from the global view. Use it on the upscaling stages of a cascade "
+                "(2048² and above) to keep global structure without repetition. Models: SD1.x and "
+                "SDXL-class UNets. Cost: one extra attention pass over all windows per "
+                "self-attention (about 2× attention time); fast mode swaps the global pass for "
+                "dilated sub-grid attention, cheaper at 8192² and above."),
+            inputs=[
+                io.Model.Input("model", tooltip="SD1.x or SDXL-class UNet model to patch (a clone is patched; the input is unchanged)."),
+                io.Boolean.Input("fast_mode", default=False,
+                                 tooltip="FreeScale fast mode: global part from dilated (strided sub-grid) attention instead of full attention. Faster and lighter at 8192²+, slightly lower quality."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress where the fusion starts (0 = first step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress where the fusion stops (1 = last step). The paper fuses at every step."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the window jitter (±1/8 window). The same seed reproduces the same windows."),
+                io.Boolean.Input("jitter", default=True,
+                                 tooltip="Randomly shift windows by up to 1/8 of their size each step, as FreeScale does, to hide window borders."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with Scale Fusion on every transformer self-attention.")],
+        )
+
+    @classmethod
+    def execute(cls, model, fast_mode, start_percent, end_percent, seed, jitter) -> io.NodeOutput:
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
+        diffusion_model = model.get_model_object("diffusion_model")
+        names = self_attention_modules(diffusion_model)
+        if not names:
+            raise ValueError(
+                "model: FreeScale Scale Fusion needs a UNet with transformer self-attention "
+                f"(SD1.x/SDXL); {type(diffusion_model).__name__} has none.")
+        sampling = model.get_model_object("model_sampling")
+        config = ScaleFusionConfig(
+            sigma_start=float(sampling.percent_to_sigma(start_percent)),
+            sigma_end=float(sampling.percent_to_sigma(end_percent)),
+            fast_mode=bool(fast_mode), seed=int(seed), jitter=bool(jitter), max_views_per_call=None)
+        patched = model.clone()
+        for index, name in enumerate(names):
+            key = f"diffusion_model.{name}"
+            patched.add_object_patch(key, ScaleFusionAttention(model.get_model_object(key), config, index))
+        return io.NodeOutput(patched)
