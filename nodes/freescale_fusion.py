@@ -106,7 +106,7 @@ class FreeScaleScaleFusion(io.ComfyNode):
                                tooltip="Sampling progress where the fusion starts (0 = first step)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Sampling progress where the fusion stops (1 = last step). The paper fuses at every step."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                io.Int.Input("jitter_seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the window jitter (±1/8 window). The same seed reproduces the same windows."),
                 io.Boolean.Input("jitter", default=True,
                                  tooltip="Randomly shift windows by up to 1/8 of their size each step, as FreeScale does, to hide window borders."),
@@ -115,7 +115,7 @@ class FreeScaleScaleFusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, fast_mode, start_percent, end_percent, seed, jitter) -> io.NodeOutput:
+    def execute(cls, model, fast_mode, start_percent, end_percent, jitter_seed, jitter) -> io.NodeOutput:
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
         diffusion_model = model.get_model_object("diffusion_model")
@@ -128,7 +128,7 @@ class FreeScaleScaleFusion(io.ComfyNode):
         config = ScaleFusionConfig(
             sigma_start=float(sampling.percent_to_sigma(start_percent)),
             sigma_end=float(sampling.percent_to_sigma(end_percent)),
-            fast_mode=bool(fast_mode), seed=int(seed), jitter=bool(jitter), max_views_per_call=None)
+            fast_mode=bool(fast_mode), seed=int(jitter_seed), jitter=bool(jitter), max_views_per_call=None)
         patched = model.clone()
         for index, name in enumerate(names):
             key = f"diffusion_model.{name}"

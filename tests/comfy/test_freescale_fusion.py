@@ -7,7 +7,7 @@ from graphs import txt2img
 from test_host import saved_image
 
 FUSION = ("UltraRes_FreeScaleScaleFusion",
-          {"fast_mode": False, "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "jitter": True})
+          {"fast_mode": False, "start_percent": 0.0, "end_percent": 1.0, "jitter_seed": 0, "jitter": True})
 
 
 def test_patch_reaches_ksampler(host, probe_records):
@@ -16,8 +16,8 @@ def test_patch_reaches_ksampler(host, probe_records):
     calls = [r for r in probe_records if r["tag"] == "ksampler"]
     assert len(calls) == 2, "one CFG-batched model call per step"
     patched = [k for k in calls[0]["object_patches"] if k.endswith(".attn1")]
-    # Tiny SDXL: one transformer block at level 1 in input, middle and two output blocks.
-    assert len(patched) == 4 and all(k.startswith("diffusion_model.") for k in patched)
+    # Tiny SDXL: one transformer block in input_blocks 7-8, the middle and output_blocks 0-2.
+    assert len(patched) == 6 and all(k.startswith("diffusion_model.") for k in patched)
 
 
 def test_single_window_equals_plain_attention(host):

@@ -77,9 +77,11 @@ class ComfyHost:
         import comfy.options
 
         comfy.options.enable_args_parsing()
-        # --cpu must be parsed before comfy.model_management is imported.
+        # --cpu must be parsed before comfy.model_management is imported. PyTorch's SDPA is the
+        # attention ComfyUI picks on NVIDIA; on CPU it would default to the much slower
+        # sub-quadratic path.
         sys.argv = [str(comfy_dir / "main.py"), "--cpu", "--disable-api-nodes",
-                    *(extra_args or [])]
+                    "--use-pytorch-cross-attention", *(extra_args or [])]
         import comfy.cli_args  # noqa: F401
         import utils.extra_config  # noqa: F401  (before `nodes`, which shadows `utils`)
         import folder_paths
@@ -123,9 +125,10 @@ class ComfyHost:
         """Forget every cached node output (a fresh executor, as after a server restart)."""
         from comfy.cli_args import args
 
-        # The same classic cache main.py builds by default.
+        # ComfyUI's classic cache, with the cache_args main.py passes for it (0.3.75 reads
+        # "lru"/"ram"; 0.33.0 also reads "ram_inactive", and its --cache-ram became a list).
         self.executor = self._executor_cls(self.server, cache_type=False,
-                                           cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+                                           cache_args={"lru": args.cache_lru, "ram": 0.0, "ram_inactive": 0.0})
 
     def validate(self, prompt: dict) -> list[str]:
         """Run ComfyUI's own prompt validation; return the output node ids to execute."""

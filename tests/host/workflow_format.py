@@ -42,7 +42,7 @@ def _is_widget(kind, options) -> bool:
 
 def _extra_widget_values(name: str, kind, options) -> int:
     """Widgets the frontend adds after an input's own widget (seed control, upload button)."""
-    if kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
+    if kind == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
         return 1
     if options.get("image_upload") or options.get("video_upload") or options.get("audio_upload"):
         return 1

@@ -1,0 +1,90 @@
+"""The headless runner: UI-format workflows convert and execute; bad input gets clear errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfy_host import PACK_ROOT, WorkflowError
+from conftest import comfy_dir_option
+from graphs import txt2img
+from run_workflow import load_prompt, swap_demo_loaders
+from workflow_format import WorkflowFormatError, ui_to_api
+
+WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
+RUNNER = PACK_ROOT / "tests" / "host" / "run_workflow.py"
+
+
+def shrink(prompt: dict, size: int = 64, steps: int = 2) -> dict:
+    """Same graph at a test size: latent sizes and step counts reduced, nothing else touched."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=size, height=size)
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = steps
+    return out
+
+
+def test_workflows_are_shipped():
+    assert WORKFLOWS, "workflows/ holds at least one workflow"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_shipped_workflow_converts_and_runs_on_demo_models(host, path):
+    prompt = load_prompt(path, host)
+    assert any(n["class_type"].startswith("UltraRes_") for n in prompt.values())
+    result = host.run(shrink(swap_demo_loaders(prompt)))
+    images = [img for out in result.outputs.values() for img in out.get("images", [])]
+    assert images and images[0]["type"] == "output"
+
+
+def test_ui_conversion_maps_widgets_links_and_seed_control(host):
+    path = PACK_ROOT / "workflows" / "freescale_scale_fusion_sdxl_2048.json"
+    prompt = load_prompt(path, host)
+    ks = next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]
+    # widgets_values = [seed, "fixed", steps, cfg, sampler, scheduler, denoise]: the control
+    # widget after the seed must be skipped, not shift everything after it.
+    assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"]) == (123, 50, 7.5, "euler", "ddim_uniform")
+    assert isinstance(ks["model"], list) and isinstance(ks["positive"], list)
+
+
+def test_missing_node_type_is_named(host):
+    ui = json.loads((PACK_ROOT / "workflows" / "freescale_scale_fusion_sdxl_2048.json").read_text())
+    ui["nodes"][0]["type"] = "SomePackThatIsNotInstalled"
+    with pytest.raises(WorkflowFormatError, match="SomePackThatIsNotInstalled"):
+        ui_to_api(ui, host.node_classes)
+
+
+def test_invalid_input_is_named(host):
+    graph, ids = txt2img()
+    graph[ids["ksampler"]]["inputs"]["steps"] = -3
+    with pytest.raises(WorkflowError, match="steps"):
+        host.run(graph)
+
+
+def run_cli(pytestconfig, tmp_path, prompt: dict, *args):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(prompt))
+    return subprocess.run([sys.executable, str(RUNNER), str(wf), "--out", str(tmp_path / "out"),
+                           "--comfyui", str(comfy_dir_option(pytestconfig)), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_images_and_reports_missing_models(pytestconfig, tmp_path):
+    graph, _ = txt2img(steps=1)
+    ok = run_cli(pytestconfig, tmp_path, graph, "--demo")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    files = [Path(line) for line in ok.stdout.splitlines() if line.endswith(".png")]
+    assert files and all(f.is_file() and f.parent == tmp_path / "out" for f in files)
+
+    real = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+            "2": {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                              "vae": ["1", 2], "filename_prefix": "x"}}}
+    missing = run_cli(pytestconfig, tmp_path, real)
+    assert missing.returncode == 2
+    assert "sd_xl_base_1.0.safetensors" in missing.stderr and "--demo" in missing.stderr

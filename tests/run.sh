@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up the pinned ComfyUI host (cached) and run the whole test suite against it.
+#
+#   tests/run.sh [pytest args...]
+#
+# Against another ComfyUI tree: ULTRARES_COMFYUI_TREE=/path/to/ComfyUI \
+#   ULTRARES_COMFYUI_LOCK=tests/host/lock-comfyui-0.33.0-cpu.txt tests/run.sh
+# Exits non-zero on any failure, and also when no test ran.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+build_args=()
+[ -n "${ULTRARES_COMFYUI_TREE:-}" ] && build_args+=(--tree "$ULTRARES_COMFYUI_TREE")
+[ -n "${ULTRARES_COMFYUI_LOCK:-}" ] && build_args+=(--lock "$ULTRARES_COMFYUI_LOCK")
+HOST="$(tests/host/build_host.sh "${build_args[@]}" | tail -n 1)"
+
+set +e
+ULTRARES_COMFYUI="$HOST/ComfyUI" HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" -m pytest tests "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "tests/run.sh: no test was collected; treating that as a failure" >&2
+  exit 1
+fi
+exit "$rc"
