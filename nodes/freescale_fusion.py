@@ -134,3 +134,6 @@ class FreeScaleScaleFusion(io.ComfyNode):
             key = f"diffusion_model.{name}"
             patched.add_object_patch(key, ScaleFusionAttention(model.get_model_object(key), config, index))
         return io.NodeOutput(patched)
+
+
+NODES = (FreeScaleScaleFusion,)
