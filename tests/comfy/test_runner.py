@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +19,32 @@ WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 RUNNER = PACK_ROOT / "tests" / "host" / "run_workflow.py"
 
 
-def shrink(prompt: dict, size: int = 64, steps: int = 2) -> dict:
-    """Same graph at a test size: latent sizes and step counts reduced, nothing else touched."""
+SIZE_INPUT = re.compile(r"(^|_)(width|height|size)$")
+SIZE_LIST = re.compile(r"^\s*\d+(\s*x\s*\d+)?(\s*[,;]\s*\d+(\s*x\s*\d+)?)*\s*$")
+
+
+def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
+    """The same graph at a test size: every pixel size scaled by one factor so the largest is
+    at most ``max_px`` (ints named *width/*height/*size and size-list strings such as
+    "1024, 2048, 4096"), and step counts cut to ``steps``. Nothing else is touched."""
     out = json.loads(json.dumps(prompt))
+    sizes = [v for n in out.values() for k, v in n["inputs"].items()
+             if isinstance(v, int) and not isinstance(v, bool) and SIZE_INPUT.search(k) and v >= 64]
+    sizes += [int(x) for n in out.values() for v in n["inputs"].values()
+              if isinstance(v, str) and SIZE_LIST.match(v) for x in re.findall(r"\d+", v)]
+    factor = max(1, -(-max(sizes, default=0) // max_px))
+
+    def scaled(v: int) -> int:
+        return max(64, v // factor // 8 * 8)
+
     for node in out.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=size, height=size)
-        if "steps" in inputs and not isinstance(inputs["steps"], list):
-            inputs["steps"] = steps
+        for k, v in node["inputs"].items():
+            if isinstance(v, int) and not isinstance(v, bool) and SIZE_INPUT.search(k) and v >= 64:
+                node["inputs"][k] = scaled(v)
+            elif isinstance(v, str) and SIZE_LIST.match(v):
+                node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
+            elif k == "steps" and isinstance(v, int):
+                node["inputs"][k] = min(v, steps)
     return out
 
 
