@@ -14,6 +14,13 @@ build_args=()
 [ -n "${ULTRARES_COMFYUI_LOCK:-}" ] && build_args+=(--lock "$ULTRARES_COMFYUI_LOCK")
 HOST="$(tests/host/build_host.sh "${build_args[@]}" | tail -n 1)"
 
+# The frontend tests drive Debian's chromium (never a browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "tests/run.sh: installing Debian's chromium for the frontend tests" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 set +e
 ULTRARES_COMFYUI="$HOST/ComfyUI" HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" -m pytest tests "$@"
 rc=$?
