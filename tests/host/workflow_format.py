@@ -23,30 +23,27 @@ def is_ui_workflow(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
 
 
-def _input_specs(node_cls) -> list[tuple[str, Any, dict]]:
+def widget_layout(node_cls) -> list[tuple[str, bool, str | None]]:
+    """For each input in schema order: (name, has a widget, extra frontend widget after it).
+
+    The extra widget is ``"control"`` (the seed's ``control_after_generate`` combo) or
+    ``"upload"`` (an upload button); the frontend saves its value in ``widgets_values`` right
+    after the input's own value.
+    """
     spec = node_cls.INPUT_TYPES()
-    out = []
+    layout = []
     for section in ("required", "optional"):
         for name, value in (spec.get(section) or {}).items():
             kind = value[0]
             options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
-            out.append((name, kind, options))
-    return out
-
-
-def _is_widget(kind, options) -> bool:
-    if options.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _extra_widget_values(name: str, kind, options) -> int:
-    """Widgets the frontend adds after an input's own widget (seed control, upload button)."""
-    if kind == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
-        return 1
-    if options.get("image_upload") or options.get("video_upload") or options.get("audio_upload"):
-        return 1
-    return 0
+            widget = not options.get("forceInput") and (isinstance(kind, list) or kind in WIDGET_TYPES)
+            extra = None
+            if widget and kind == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
+                extra = "control"
+            elif widget and (options.get("image_upload") or options.get("video_upload") or options.get("audio_upload")):
+                extra = "upload"
+            layout.append((name, widget, extra))
+    return layout
 
 
 def ui_to_api(workflow: dict, node_classes: dict[str, type]) -> dict[str, dict]:
@@ -96,12 +93,11 @@ def ui_to_api(workflow: dict, node_classes: dict[str, type]) -> dict[str, dict]:
             raise WorkflowFormatError(f"node {node_id} ({node['type']}): dict widget values are not supported")
         inputs: dict[str, Any] = {}
         cursor = 0
-        for name, kind, options in _input_specs(node_classes[node["type"]]):
-            widget = _is_widget(kind, options)
+        for name, widget, extra in widget_layout(node_classes[node["type"]]):
             if widget:
                 if cursor < len(values):
                     inputs[name] = values[cursor]
-                cursor += 1 + _extra_widget_values(name, kind, options)
+                cursor += 1 + (extra is not None)
             src = source_of(linked.get(name))
             if src is not None:
                 inputs[name] = src
