@@ -1,0 +1,110 @@
+"""UltraPixel Loader: the released added modules (four guidance modules) as an ULTRAPIXEL_MODEL.
+
+UltraPixel (Ren et al., 2024), spec §3.6. The released ``ultrapixel_t2i.safetensors`` is really a
+PyTorch pickle, so the format is read from the file's first bytes, never from its extension;
+pickles are loaded with ``weights_only=True``. Key names are checked strictly (the release's 168)
+and the module sizes are read from the tensor shapes, so a tiny synthetic file for a tiny stage C
+loads the same way as the real one. The math and the checks live in ``kernels/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ..kernels import ultrapixel as up
+from ..kernels import ultrapixel_runtime as rt
+
+FOLDER = "ultrapixel"
+ULTRAPIXEL_MODEL = io.Custom("ULTRAPIXEL_MODEL")
+DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def register_model_folder() -> None:
+    """``models/ultrapixel`` as a model folder (extra_model_paths.yaml entries named ultrapixel add to it)."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+    extensions = folder_paths.folder_names_and_paths[FOLDER][1]
+    if not extensions:  # registered by us: list checkpoint files only
+        extensions.update(folder_paths.supported_pt_extensions)
+
+
+register_model_folder()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UltraPixelModel:
+    """The four loaded guidance modules (on the offload device) and how to run them.
+
+    Never modified after loading: the patch nodes make a device/dtype copy per run.
+    """
+
+    modules: torch.nn.ModuleDict          # E0 E1 D0 D1 -> kernels.ultrapixel.UltraPixelGuidance
+    configs: dict[str, up.UltraPixelConfig]
+    name: str
+    dtype: torch.dtype | None             # None: follow the stage-C model's compute dtype
+
+    def channels(self) -> dict[str, int]:
+        """Feature channels each module expects at its injection point."""
+        return {p: c.ind for p, c in self.configs.items()}
+
+
+def load_ultrapixel(source, name: str, dtype: torch.dtype | None = None) -> UltraPixelModel:
+    """Path or state dict -> :class:`UltraPixelModel` (strict; ValueError names keys on mismatch)."""
+    import comfy.model_management
+
+    state = up.load_checkpoint_file(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    modules, configs = rt.load_point_modules(state, dtype=dtype)
+    modules = modules.to(comfy.model_management.unet_offload_device())
+    return UltraPixelModel(modules=modules, configs=configs, name=name, dtype=dtype)
+
+
+class UltraPixelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id="UltraRes_UltraPixelLoader",
+            display_name="UltraPixel Loader",
+            category="UltraRes/UltraPixel",
+            description=(
+                "Loads the UltraPixel (Ren et al., 2024) added modules: the four guidance modules "
+                "(LR-guidance tokens, implicit-function upsampler, fusion, scale-aware norm) that "
+                "sit after the first attention block of each Stable Cascade stage-C level. Put "
+                "ultrapixel_t2i.safetensors (the release is a PyTorch pickle despite its name; "
+                "converted real safetensors also work) in models/ultrapixel. Keys are checked "
+                "strictly and mismatches are named. Models: Stable Cascade stage C 3.6B only "
+                "(2048 channels; the 1B lite stage C is incompatible). Cost: about 105 M "
+                "parameters, 211 MB in bf16; loading takes a second."),
+            inputs=[
+                io.Combo.Input("ultrapixel_name", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="UltraPixel weights in models/ultrapixel (ultrapixel_t2i.safetensors). Pickle or safetensors, detected from the file contents."),
+                io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
+                               tooltip="Compute dtype of the added modules. default = follow the stage-C model at sampling time (bf16 on most GPUs, fp32 on CPU)."),
+            ],
+            outputs=[ULTRAPIXEL_MODEL.Output(display_name="ultrapixel_model",
+                                             tooltip="The four UltraPixel guidance modules (E0, E1, D0, D1), for the UltraPixel sampling nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, ultrapixel_name, weight_dtype) -> io.NodeOutput:
+        import folder_paths
+
+        path = folder_paths.get_full_path(FOLDER, ultrapixel_name)
+        if path is None:
+            raise ValueError(f"ultrapixel_name: {ultrapixel_name!r} is not in the models/ultrapixel folders "
+                             f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).")
+        if weight_dtype not in DTYPES:
+            raise ValueError(f"weight_dtype: expected one of {list(DTYPES)}, got {weight_dtype!r}.")
+        try:
+            model = load_ultrapixel(path, ultrapixel_name, DTYPES[weight_dtype])
+        except ValueError as e:
+            raise ValueError(f"ultrapixel_name: {ultrapixel_name} is not a usable UltraPixel checkpoint.\n{e}") from e
+        return io.NodeOutput(model)
+
+
+NODES = (UltraPixelLoader,)

@@ -1,0 +1,99 @@
+"""UltraPixel Stage C: the whole UltraPixel stage-C job (LR pass, INR, HR pass) in one node.
+
+UltraPixel (Ren et al., 2024), spec §3.2-§3.3 and §3.7 "Node plan": LR pass with capture, then
+the HR pass with the four guidance patches, both with DDPM on the official time grid, CFG with
+the cfg_rho rescale, shift 1, and the x0 of the last HR step as output. The output LATENT goes
+to the stock StableCascade_StageB_Conditioning + KSampler on stage B, then stage A.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..kernels import ultrapixel as up
+from .ultrapixel_guidance import (
+    Progress,
+    check_compatible,
+    inject_clone,
+    lr_pass,
+    official_sigmas,
+    sample_pass,
+    sampling_inputs,
+    stage_b_latent,
+    validate_size,
+    with_shift,
+)
+from .ultrapixel_loader import ULTRAPIXEL_MODEL
+
+EFFNET_PX = 32  # stage-C effnet encoder: one latent cell per 32 px
+
+
+def encode_lr_image(image: torch.Tensor, vae, lr_latent_size) -> dict:
+    """IMAGE -> stage-C latent at the LR size through the stage-C (effnet) VAE, as StableCascade_StageC_VAEEncode does."""
+    import comfy.utils
+
+    h, w = lr_latent_size
+    pixels = comfy.utils.common_upscale(image.movedim(-1, 1), w * EFFNET_PX, h * EFFNET_PX, "bicubic", "center")
+    return {"samples": vae.encode(pixels.movedim(1, -1)[:, :, :, :3])}
+
+
+class UltraPixelStageC(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_UltraPixelStageC",
+            display_name="UltraPixel Stage C",
+            category="UltraRes/UltraPixel",
+            description=(
+                "UltraPixel (Ren et al., 2024) for Stable Cascade in one node: samples stage C at "
+                "the LR size (1024² for square), captures the guidance features, then samples the "
+                "target size with the UltraPixel modules fusing the INR-upscaled guidance into "
+                "stage C (DDPM on the paper's grid, CFG 4 with rescale 0.7, shift 1). Connect the "
+                "output to StableCascade_StageB_Conditioning and a KSampler on stage B (paper: "
+                "10 steps, cfg 1.1), then a (tiled) stage-A decode. Optional image + stage-C VAE: "
+                "the image is the LR source (img2img). Models: Stable Cascade stage C 3.6B + "
+                "ultrapixel_t2i. Cost: a plain stage-C run at the target size plus a 1024² LR run "
+                "(a quarter of the tokens of 2048²) and four small modules per step."),
+            inputs=[
+                io.Model.Input("model", tooltip="Stable Cascade stage-C model (LoRA'd models work)."),
+                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="From UltraPixel Loader."),
+                *sampling_inputs(),
+                io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Images per run (each with its own noise)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="Optional LR source image (img2img): encoded with the stage-C VAE and used instead of the LR sampling."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Stage-C (effnet) VAE, needed only with image (e.g. from the stage-C checkpoint)."),
+            ],
+            outputs=[io.Latent.Output(display_name="stage_c",
+                                      tooltip="Stage-C latent at ceil(H/42.67) x ceil(W/42.67) for StableCascade_StageB_Conditioning."),
+                     io.Latent.Output(display_name="stage_b",
+                                      tooltip="Empty stage-B latent (B, 4, ceil(H/4), ceil(W/4)) for the stage-B KSampler: decodes to exactly width x height."),
+                     io.Latent.Output(display_name="lr_stage_c", tooltip="The LR pass's stage-C latent (for previews).")],
+        )
+
+    @classmethod
+    def execute(cls, model, ultrapixel_model, positive, negative, width, height, seed, steps, cfg,
+                cfg_rescale, shift, batch_size, image=None, vae=None) -> io.NodeOutput:
+        validate_size(width, height)
+        check_compatible(model, ultrapixel_model)
+        lr_latent = None
+        if image is not None:
+            if vae is None:
+                raise ValueError("vae: an image as LR source needs the stage-C VAE (effnet encoder).")
+            lr_latent = encode_lr_image(image, vae, up.stage_c_latent_size(*up.lr_pixel_size(height, width)))
+        progress = Progress(model, 2 * steps)  # LR + HR; img2img's single LR step advances the bar by `steps`
+        sampled = with_shift(model, shift)
+        guidance, lr_x0, hr_noise = lr_pass(sampled, positive, negative, width, height, batch_size, seed, steps, cfg,
+                                            cfg_rescale, shift, lr_latent=lr_latent, progress=progress)
+        hr_model, hook = inject_clone(sampled, ultrapixel_model, guidance, float(cfg_rescale))
+        try:
+            sigmas = official_sigmas(sampled, steps)
+            hr = sample_pass(hr_model, hr_noise, positive, negative, cfg, sigmas, torch.zeros_like(hr_noise),
+                             seed, progress)
+        finally:
+            hook.release()  # device copies of the modules and g' go with the run
+            del hr_model
+        return io.NodeOutput({"samples": hr}, {"samples": stage_b_latent(hr.shape[0], width, height)}, {"samples": lr_x0})
+
+
+NODES = (UltraPixelStageC,)
