@@ -78,6 +78,7 @@ def sample_pixelsmith(
     callback: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool | None] | None = None,
     device: torch.device | str | None = None,
+    signal_scales: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Pixelsmith patch sampler with the Slider (Tragakis et al., 2024; spec §1.5-1.7, §1.12).
 
@@ -113,6 +114,10 @@ def sample_pixelsmith(
         should_stop: called before each ``denoise`` call; it should raise to abort (e.g. ComfyUI's
             interrupt check). A truthy return value also aborts, with ``InterruptedError``.
         device: where patches are processed and denoised (default: ``z_up.device``).
+        signal_scales: ``α_k`` for each sigma, the scale of the clean latent in the noisy one,
+            ``x_k = α_k·z + σ_k·n`` (default all 1: k-space / ε- and v-prediction models;
+            rectified flow uses ``α_k = 1 - σ_k``). Guidance is ``G[k] = α_k·z_up + σ_k·n``. The
+            Euler step on ``(x - x0)/σ`` is the DDIM(η=0) step in both parameterisations.
     """
     if z_up.dim() != 4 or noise.shape != z_up.shape:
         raise ValueError(
@@ -138,6 +143,15 @@ def sample_pixelsmith(
     # guided) so a node can keep its slider when the step count changes; S = 0 is allowed and
     # means unguided patch sampling from G[0].
     S = min(slider, N)
+    if signal_scales is None:
+        alphas = [1.0] * (N + 1)
+    else:
+        alphas = [float(a) for a in signal_scales]
+        if len(alphas) != N + 1:
+            raise ValueError(
+                f"sample_pixelsmith: signal_scales needs one value per sigma ({N + 1}), "
+                f"got {len(alphas)}"
+            )
     max_patches = 1 if mode == "faithful" else patch_batch
     device = torch.device(device) if device is not None else z_up.device
 
@@ -146,7 +160,7 @@ def sample_pixelsmith(
     ph, pw = patch_hw
 
     # Full-size state on the storage device (spec §1.5): x, x_prev snapshot, τ as step index.
-    x = z_up + sigma_list[0] * noise  # G[0], (B, C, H, W); a new tensor, inputs stay untouched
+    x = alphas[0] * z_up + sigma_list[0] * noise  # G[0], (B, C, H, W); a new tensor, inputs stay untouched
     x_prev = x.clone()
     tau = torch.zeros(H, W, dtype=torch.int32, device=z_up.device)  # (H, W)
     k_min, left_in_round = 0, H * W  # smallest step index, pixels still at it
@@ -175,7 +189,7 @@ def sample_pixelsmith(
         # Step 4: phase fusion with G[k][R] (k < S), over the whole patch, *before* the revert.
         # For k >= S the official FFT round trip is an identity up to rounding: skipped (§1.6).
         if k < S:
-            g = torch.stack([to_dev(guidance_patch(z_up, noise, sigma, b)) for b in boxes])
+            g = torch.stack([to_dev(guidance_patch(z_up, noise, sigma, b, alphas[k])) for b in boxes])
             y = phase_fusion(y, g)
         # Step 5: coins drawn for every patch, guided or not, so patch positions for a given seed do
         # not depend on the slider.
@@ -196,7 +210,7 @@ def sample_pixelsmith(
         if k < S - 1:
             M = chessboard_mask(ph, pw, sd, sl, device=device).view(n, 1, 1, ph, pw)
             g_next = torch.stack(
-                [to_dev(guidance_patch(z_up, noise, sigma_next, b)) for b in boxes]
+                [to_dev(guidance_patch(z_up, noise, sigma_next, b, alphas[k + 1])) for b in boxes]
             )
             y_next = torch.where(M, g_next, y_next)
 

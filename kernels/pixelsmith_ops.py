@@ -97,15 +97,19 @@ def chessboard_mask(
 
 
 def guidance_patch(
-    z_up: torch.Tensor, n: torch.Tensor, sigma: float, box: PatchBox
+    z_up: torch.Tensor, n: torch.Tensor, sigma: float, box: PatchBox, alpha: float = 1.0
 ) -> torch.Tensor:
-    """Guidance ``G_k[R] = z_up[R] + σ_k · n[R]``, formed per patch (spec §1.4, §1.11, §1.12).
+    """Guidance ``G_k[R] = α_k · z_up[R] + σ_k · n[R]``, formed per patch (spec §1.4, §1.11, §1.12).
 
-    This is the k-space form of the official ``sqrt(ā) z_up + sqrt(1 - ā) n``; forming it on the fly
-    replaces the S full-size copies the official code keeps, exactly.
+    With ``α = 1`` this is the k-space form of the official ``sqrt(ā) z_up + sqrt(1 - ā) n``; forming
+    it on the fly replaces the S full-size copies the official code keeps, exactly. ``α ≠ 1`` is
+    the signal scale of other parameterisations (rectified flow: ``α = 1 - σ``).
     """
     rows, cols = box.slices
-    return z_up[..., rows, cols] + sigma * n[..., rows, cols]  # (B, C, h, w)
+    z = z_up[..., rows, cols]
+    if alpha != 1.0:
+        z = alpha * z
+    return z + sigma * n[..., rows, cols]  # (B, C, h, w)
 
 
 # --------------------------------------------------------------------------------------------- #

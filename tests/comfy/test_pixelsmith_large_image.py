@@ -1,0 +1,77 @@
+"""Save Large Image on the real host: streamed PNG/BigTIFF match a normal VAE decode; refusals."""
+from __future__ import annotations
+
+import collections
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_host import WorkflowError
+from test_host import saved_image
+
+
+def save_graph(fmt="png", compression="deflate", width=320, height=200, tile=24, overlap=8, prefix="large_test"):
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("UltraResTest_TinyCheckpoint", kind="sdxl", seed=0)
+    latent = g.node("UltraResTest_SeededLatent", width=width, height=height, batch=1, seed=4)
+    large = g.node("UltraRes_SaveLargeImage", samples=latent.out(0), vae=ckpt.out(2), filename_prefix=prefix,
+                   format=fmt, tiff_compression=compression, tile_size=tile, overlap=overlap)
+    dec = g.node("VAEDecode", samples=latent.out(0), vae=ckpt.out(2))
+    save = g.node("SaveImage", images=dec.out(0), filename_prefix="large_ref")
+    return g.finalize(), large.id, save.id
+
+
+def written(result, node_id) -> Path:
+    texts = result.outputs[node_id]["text"]
+    return Path(texts[-1])
+
+
+def test_png_and_tiff_match_a_plain_decode(host):
+    graph, large_id, save_id = save_graph("png")
+    result = host.run(graph)
+    ref = saved_image(host, result, save_id).astype(int)
+    png_path = written(result, large_id)
+    assert png_path.suffix == ".png" and not Path(str(png_path) + ".part").exists()
+    png = np.asarray(Image.open(png_path)).astype(int)
+    assert png.shape == ref.shape == (200, 320, 3)
+    diff = np.abs(png - ref)
+    # Tile-blend tolerance (the tiny random TAESD has a wide receptive field, so tile borders
+    # differ a little over a wide band); the image as a whole matches.
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16, (diff.mean(), diff.max())
+    # A preview of the right aspect is shown in the UI.
+    pv = result.outputs[large_id]["images"][0]
+    assert pv["type"] == "output"
+
+    for compression in ("deflate", "none"):
+        graph, large_id, _ = save_graph("tiff", compression)
+        result = host.run(graph)
+        tif_path = written(result, large_id)
+        assert tif_path.suffix == ".tif"
+        with open(tif_path, "rb") as f:
+            assert f.read(4) == b"II+\x00", "BigTIFF header"
+        tif = np.asarray(Image.open(tif_path)).astype(int)
+        assert np.array_equal(tif, png), "same decode, same pixels in both formats"
+
+
+def test_tiles_blend_without_visible_seams_vs_single_tile(host):
+    """One tile covering everything equals the plain decode; small tiles stay within tolerance."""
+    graph, large_id, save_id = save_graph("png", tile=64, overlap=8, prefix="large_one_tile")
+    result = host.run(graph)
+    one = np.asarray(Image.open(written(result, large_id))).astype(int)
+    ref = saved_image(host, result, save_id).astype(int)
+    assert np.abs(one - ref).max() <= 1
+
+
+def test_refuses_when_disk_is_too_small(host, monkeypatch):
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**6, 10**6 - 1000, 1000))
+    graph, _, _ = save_graph("png", prefix="large_refused")
+    with pytest.raises(WorkflowError, match="not enough disk space"):
+        host.run(graph)
+    import folder_paths
+    assert not list(Path(folder_paths.get_output_directory()).glob("large_refused*"))
