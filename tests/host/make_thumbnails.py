@@ -21,6 +21,7 @@ from frontend import load_workflow, open_frontend, screenshot_graph  # noqa: E40
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("ULTRARES_COMFYUI"), required=not os.environ.get("ULTRARES_COMFYUI"))
+    parser.add_argument("--force", action="store_true", help="redo thumbnails that are newer than their workflow")
     args = parser.parse_args()
     from PIL import Image
 
@@ -28,6 +29,9 @@ def main() -> int:
     with comfy_server(Path(args.comfyui).resolve(), work, {"ultrares": PACK_ROOT}) as (base, _):
         with open_frontend(base) as page:
             for path in sorted((PACK_ROOT / "workflows").glob("*.json")):
+                thumb = path.with_suffix(".jpg")
+                if not args.force and thumb.exists() and thumb.stat().st_mtime >= path.stat().st_mtime:
+                    continue
                 state = load_workflow(page, json.loads(path.read_text()))
                 if state["missing"]:
                     print(f"{path.name}: missing node types {state['missing']}", file=sys.stderr)
@@ -36,8 +40,8 @@ def main() -> int:
                 screenshot_graph(page, shot, crop=True)
                 img = Image.open(shot).convert("RGB")
                 img.thumbnail((768, 480), Image.LANCZOS)
-                img.save(path.with_suffix(".jpg"), quality=85)
-                print(path.with_suffix(".jpg"))
+                img.save(thumb, quality=85)
+                print(thumb)
     return 0
 
 
