@@ -400,3 +400,105 @@ def skip_residual(x: torch.Tensor, N_i: torch.Tensor, c1: float | torch.Tensor) 
     if isinstance(c1, torch.Tensor):
         c1 = c1.to(x.device, x.dtype)
     return (1 - c1) * x + c1 * N_i
+
+
+def dilation_active(
+    sigma: float | torch.Tensor,
+    sample_sigmas: torch.Tensor,
+    dilate_percent: float,
+) -> bool:
+    """σ-schedule form of ``i < dilate_tau``, FreeScale (Qiu et al., 2024) spec §2.4.
+
+    ``sample_sigmas`` is the whole schedule of the sampling run (``steps + 1`` values, ending in
+    0); ``dilate_percent`` the fraction of its steps that are dilated (``dilate_tau / steps``,
+    0.7 = 35 of 50). The step index is not counted but read from σ: step ``i`` is dilated iff
+    ``σ > σ_tau`` with ``tau = round(percent·steps)``. Intermediate σ of multistep solvers belong
+    to the step whose interval holds them, and a restart (self-cascade starting at step 15) keeps
+    absolute indices.
+    """
+    sig = torch.as_tensor(sample_sigmas).detach().flatten().to("cpu", torch.float64)
+    steps = sig.numel() - 1
+    tau = int(round(float(dilate_percent) * steps))
+    if steps <= 0 or tau <= 0:
+        return False
+    if tau >= steps:
+        return True
+    return float(torch.as_tensor(sigma).max()) > float(sig[tau]) * (1.0 + 1e-5)
+
+
+def region_exponent(
+    mask: torch.Tensor,
+    size: tuple[int, int],
+    cosine_scale: float,
+    cosine_scale_bg: float,
+    batch: int,
+) -> torch.Tensor:
+    """Per-pixel skip-residual exponent from a region mask, FreeScale (Qiu et al., 2024) §2.3.
+
+    ``mask`` ``(H, W)`` or ``(B_m, H, W)`` at any resolution is made binary (``mask ≠ 0``, as the
+    official imgen pipeline does), resized *nearest* to the latent ``size = (h, w)`` and turned
+    into ``mask·cosine_scale + (1 − mask)·cosine_scale_bg``. Returns ``(batch, 1, h, w)``
+    float32; a mask batch is cycled to ``batch``.
+    """
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
+    binary = (mask != 0).to(torch.float32)[:, None]  # (B_m, 1, H, W)
+    binary = torch.nn.functional.interpolate(binary, size=tuple(int(s) for s in size), mode="nearest")
+    index = torch.arange(batch) % binary.shape[0]
+    return mask_exponent(binary[index], float(cosine_scale), float(cosine_scale_bg))
+
+
+def upsample_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """RGB-space upsampling of the self-cascade, FreeScale (Qiu et al., 2024) §2.2 item 2.
+
+    Bicubic ``F.interpolate`` (no antialias, no clamp) of a ``(B, H, W, C)`` image to
+    ``size = (H', W')``, computed in float32. Returns ``(B, H', W', C)``.
+    """
+    x = image.movedim(-1, 1).to(torch.float32)  # (B, C, H, W)
+    x = torch.nn.functional.interpolate(x, size=tuple(int(s) for s in size), mode="bicubic", align_corners=False)
+    return x.movedim(1, -1)
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoise(x, σ) -> x0`` prediction in k-space (ComfyUI's model wrapper)."""
+
+
+def self_cascade_sample(
+    denoise: Denoiser,
+    x_up: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    timesteps: list[float],
+    restart_index: int,
+    exponent: float | torch.Tensor,
+    *,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024) spec §2.2 items 3–6.
+
+    Starts at step ``r = restart_index`` from ``N_r = x_up + σ_r·n`` and for every step
+    ``i ≥ r`` applies the skip residual ``x ← (1 − c1)·x + c1·(x_up + σ_i·n)`` with
+    ``c1 = c(t_i)^exponent`` (``exponent`` a scalar or a per-pixel ``(B|1, 1, H, W)`` tensor from
+    :func:`region_exponent`), then one Euler step (= DDIM η = 0 in k-space, spec §0).
+    ``x_up``/``noise`` ``(B, C, H, W)`` in k-space; ``sigmas`` ``(S + 1,)`` the full schedule;
+    ``timesteps[i]`` = ``t(σ_i)`` on the 0..999 scale. ``callback(i, denoised, x)`` after each
+    step, ``before_step(i)`` before it (interrupt checks). Returns ``x`` after the last step.
+    """
+    steps = len(sigmas) - 1
+    if not 0 <= restart_index < steps:
+        raise ValueError(f"restart index {restart_index} outside the {steps}-step schedule")
+    x = x_up + sigmas[restart_index] * noise
+    for i in range(restart_index, steps):
+        if before_step is not None:
+            before_step(i)
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        c1 = skip_residual_weight(float(timesteps[i]), exponent)
+        x = skip_residual(x, x_up + sigma * noise, c1 if isinstance(c1, torch.Tensor) else float(c1))
+        denoised = denoise(x, sigma)
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)  # Euler; σ_next = 0 gives x = denoised
+        if callback is not None:
+            callback(i, denoised, x)
+    return x

@@ -28,19 +28,24 @@ class ScaleFusionConfig:
     seed: int
     jitter: bool
     max_views_per_call: int | None
+    base_px: int = freescale.BASE_PX  # native size of the model (window = base_px image px)
 
 
 class ScaleFusionAttention(torch.nn.Module):
     """Wraps one ``attn1`` module; falls back to it unchanged outside the active σ range.
 
-    ``to_q``/``to_k``/``to_v``/``to_out`` stay reachable (as submodules of ``inner``, exposed as
-    attributes) because ComfyUI calls them directly when another node installs an ``attn1``
-    replace patch.
+    The wrapper registers the wrapped module's children (``to_q``/``to_k``/``to_v``/``to_out``)
+    as its own, so every parameter keeps its name (``...attn1.to_q.weight``): LoRA and other
+    weight patches still find their keys, and ComfyUI can call ``attn1.to_q`` directly when
+    another node installs an ``attn1`` replace patch. The wrapped module itself is kept as a
+    plain attribute, not a submodule, for the same reason.
     """
 
     def __init__(self, inner: torch.nn.Module, config: ScaleFusionConfig, block_key: int):
         super().__init__()
-        self.inner = inner
+        for name, child in inner.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "inner", inner)
         self.config = config
         self.block_key = block_key
 
@@ -48,7 +53,9 @@ class ScaleFusionAttention(torch.nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
+            if "inner" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["inner"], name)
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
         cfg = self.config
@@ -71,7 +78,7 @@ class ScaleFusionAttention(torch.nn.Module):
         step_seed = zlib.crc32(struct.pack("<qid", cfg.seed, self.block_key, sigma))
         generator = torch.Generator().manual_seed(step_seed)
         return freescale.scale_fusion(x, h, w, attn, target_hw, fast_mode=cfg.fast_mode,
-                                      generator=generator, jitter=cfg.jitter,
+                                      generator=generator, jitter=cfg.jitter, base_px=cfg.base_px,
                                       max_views_per_call=cfg.max_views_per_call)
 
 
@@ -116,24 +123,35 @@ class FreeScaleScaleFusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, fast_mode, start_percent, end_percent, jitter_seed, jitter) -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
-        diffusion_model = model.get_model_object("diffusion_model")
-        names = self_attention_modules(diffusion_model)
-        if not names:
-            raise ValueError(
-                "model: FreeScale Scale Fusion needs a UNet with transformer self-attention "
-                f"(SD1.x/SDXL); {type(diffusion_model).__name__} has none.")
-        sampling = model.get_model_object("model_sampling")
-        config = ScaleFusionConfig(
-            sigma_start=float(sampling.percent_to_sigma(start_percent)),
-            sigma_end=float(sampling.percent_to_sigma(end_percent)),
-            fast_mode=bool(fast_mode), seed=int(jitter_seed), jitter=bool(jitter), max_views_per_call=None)
-        patched = model.clone()
-        for index, name in enumerate(names):
-            key = f"diffusion_model.{name}"
-            patched.add_object_patch(key, ScaleFusionAttention(model.get_model_object(key), config, index))
-        return io.NodeOutput(patched)
+        return io.NodeOutput(apply_scale_fusion(model, fast_mode=fast_mode, start_percent=start_percent,
+                                                end_percent=end_percent, jitter_seed=jitter_seed, jitter=jitter))
+
+
+def apply_scale_fusion(model, *, fast_mode: bool, start_percent: float = 0.0, end_percent: float = 1.0,
+                       jitter_seed: int = 0, jitter: bool = True, base_px: int = freescale.BASE_PX):
+    """A clone of ``model`` with Scale Fusion object-patched on every transformer ``attn1``.
+
+    Shared by the Scale Fusion node and the all-in-one FreeScale Upscale node.
+    """
+    if start_percent > end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
+    diffusion_model = model.get_model_object("diffusion_model")
+    names = self_attention_modules(diffusion_model)
+    if not names:
+        raise ValueError(
+            "model: FreeScale Scale Fusion needs a UNet with transformer self-attention "
+            f"(SD1.x/SDXL); {type(diffusion_model).__name__} has none.")
+    sampling = model.get_model_object("model_sampling")
+    config = ScaleFusionConfig(
+        sigma_start=float(sampling.percent_to_sigma(start_percent)),
+        sigma_end=float(sampling.percent_to_sigma(end_percent)),
+        fast_mode=bool(fast_mode), seed=int(jitter_seed), jitter=bool(jitter), max_views_per_call=None,
+        base_px=int(base_px))
+    patched = model.clone()
+    for index, name in enumerate(names):
+        key = f"diffusion_model.{name}"
+        patched.add_object_patch(key, ScaleFusionAttention(model.get_model_object(key), config, index))
+    return patched
 
 
 NODES = (FreeScaleScaleFusion,)

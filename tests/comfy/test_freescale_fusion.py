@@ -43,3 +43,29 @@ def test_fusion_changes_a_2048_wide_image_and_is_seeded(host):
     assert plain.shape == fused.shape == (1024, 2048, 3)
     assert np.abs(plain.astype(int) - fused.astype(int)).mean() > 0.1, "windows must change the result"
     assert np.array_equal(fused, fused_again), "same jitter seed reproduces"
+
+
+def test_weight_patches_keep_their_keys(host):
+    """A LoRA-style weight patch on a self-attention projection still applies under the fusion patch."""
+    import sys
+
+    import comfy.model_management
+    import torch
+
+    fixture = sys.modules[host.node_classes["UltraResTest_TinyCheckpoint"].__module__]
+    model = fixture.tiny_models.tiny_unet("sdxl", seed=0)
+    fused = host.node_classes["UltraRes_FreeScaleScaleFusion"].execute(
+        model, fast_mode=False, start_percent=0.0, end_percent=1.0, jitter_seed=0, jitter=True).result[0]
+    key = next(k for k in fused.model_state_dict() if k.endswith("attn1.to_q.weight"))
+    assert ".inner." not in key, "parameter names are unchanged under the wrapper"
+    original = model.model_state_dict()[key].clone()
+    fused.add_patches({key: ("diff", (torch.ones_like(original),))}, 1.0)
+    comfy.model_management.load_models_gpu([fused], force_full_load=True)
+    try:
+        module_path = key[: -len(".to_q.weight")]
+        wrapper = fused.get_model_object(module_path)
+        assert type(wrapper).__name__ == "ScaleFusionAttention"
+        torch.testing.assert_close(wrapper.inner.to_q.weight, original + 1.0)
+    finally:
+        fused.unpatch_model()
+    torch.testing.assert_close(model.model_state_dict()[key], original)
