@@ -142,7 +142,7 @@ def run_one(sampler_mod, mp, pos, neg, size: int, mode: str, steps: int, slider:
     noise = comfy.sample.prepare_noise(latent, 3)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with meter:
+    with meter, torch.inference_mode():  # as ComfyUI's executor runs nodes
         t = time.perf_counter()
         guider.sample(noise, latent, sampler_mod.PixelsmithSampler(config), sigmas, disable_pbar=True, seed=3)
         if cuda:
