@@ -23,119 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "host"))
-
-# SDXL base UNet as ComfyUI's model detection reports it for sd_xl_base_1.0 (CUDA branch).
-SDXL_BASE_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-    "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-    "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-
-
-def boot(comfy_dir: Path, cuda: bool):
-    """Returns (FreeScale node module, fixtures module or None)."""
-    work = Path(tempfile.mkdtemp(prefix="bench_freescale_"))
-    if not cuda:
-        from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
-
-        host = ComfyHost.boot(comfy_dir, work, packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
-        return (sys.modules[host.node_classes["UltraRes_FreeScaleUpscale"].__module__],
-                sys.modules[host.node_classes["UltraResTest_TinyCheckpoint"].__module__])
-    import importlib.util
-
-    # The harness forces --cpu; on CUDA boot ComfyUI's modules the same way without it.
-    sys.path.insert(0, str(comfy_dir))
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [str(comfy_dir / "main.py"), "--disable-api-nodes"]
-    import comfy.cli_args  # noqa: F401
-    import utils.extra_config  # noqa: F401  (before anything imports ComfyUI's `nodes`)
-
-    spec = importlib.util.spec_from_file_location("ultrares", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["ultrares"] = pack
-    spec.loader.exec_module(pack)
-    import ultrares.nodes.freescale_cascade as cascade
-
-    return cascade, None
-
-
-def build_model(cuda: bool, fixtures):
-    """(ModelPatcher, positive, negative) with random text conditioning of the model's widths."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    if not cuda:
-        patcher = fixtures.tiny_models.tiny_unet("sdxl", seed=0)
-        ctx, pooled = 64, 64
-    else:
-        config = comfy.supported_models.SDXL(dict(SDXL_BASE_UNET))
-        config.set_inference_dtype(torch.float16, None)
-        device = torch.device("cuda")
-        model = config.get_model({}, device=device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for p in model.diffusion_model.parameters():
-                p.normal_(0.0, 0.02, generator=gen)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-        ctx, pooled = 2048, 1280
-    gen = torch.Generator().manual_seed(1)
-
-    def cond():
-        return [[torch.randn(1, 77, ctx, generator=gen), {"pooled_output": torch.randn(1, pooled, generator=gen)}]]
-
-    return patcher, cond(), cond()
-
-
-class Meter:
-    """Diffusion-model calls and the time inside them (keyed wrapper); peak RSS in a thread."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.calls, self.inside = cuda, 0, 0.0
-        self.proc = psutil.Process()
-        self.base_rss = self.peak_rss = self.proc.memory_info().rss
-        self._stop = threading.Event()
-
-    def wrapper(self, executor, *args, **kwargs):
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = executor(*args, **kwargs)
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.inside += time.perf_counter() - start
-        self.calls += 1
-        return out
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+from bench_common import Meter, boot, sdxl_model  # noqa: E402  (script folder on sys.path)
 
 
 def run_one(cascade, patcher, pos, neg, size: int, mode: str, steps: int, cuda: bool) -> dict:
@@ -186,8 +79,8 @@ def main():
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     sizes = args.sizes or ([2048, 4096, 8192] if cuda else [2048, 4096])
     steps = args.steps or (50 if cuda else 10)
-    cascade, fixtures = boot(Path(args.comfyui), cuda)
-    patcher, pos, neg = build_model(cuda, fixtures)
+    cascade, fixtures = boot(Path(args.comfyui), cuda, "freescale_cascade")
+    patcher, pos, neg = sdxl_model(cuda, fixtures)
     device = (torch.cuda.get_device_name() if cuda
               else f"CPU ({os.cpu_count()} threads, torch {torch.get_num_threads()}), tiny SDXL-class UNet")
     print(f"FreeScale upscaling stage on {device}; {steps} ddim_uniform steps, restart int(0.3·steps), cfg 7.5, "

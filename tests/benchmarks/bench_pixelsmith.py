@@ -14,114 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "host"))
-
-# SDXL base UNet (ComfyUI's model_detection output for sd_xl_base_1.0), for the CUDA branch.
-SDXL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-    "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-    "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-
-
-def boot(comfy_dir: Path, cuda: bool):
-    """CPU: the tests' ComfyHost (forces --cpu). CUDA: the same imports without --cpu."""
-    work = Path(tempfile.mkdtemp(prefix="bench_pixelsmith_"))
-    if not cuda:
-        from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
-
-        host = ComfyHost.boot(comfy_dir, work, packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
-        sampler_mod = sys.modules[host.node_classes["UltraRes_PixelsmithSampler"].__module__]
-        fixtures = sys.modules[host.node_classes["UltraResTest_TinyCheckpoint"].__module__]
-        return sampler_mod, fixtures
-    import importlib.util
-
-    sys.path.insert(0, str(comfy_dir))
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [str(comfy_dir / "main.py"), "--disable-api-nodes"]
-    import comfy.cli_args  # noqa: F401
-    import utils.extra_config  # noqa: F401
-    spec = importlib.util.spec_from_file_location("ultrares", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["ultrares"] = pack
-    spec.loader.exec_module(pack)
-    import ultrares.nodes.pixelsmith_sampler as sampler_mod
-    return sampler_mod, None
-
-
-def build_model(cuda: bool, fixtures):
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    if not cuda:
-        mp = fixtures.tiny_models.tiny_unet("sdxl", seed=0)
-        ctx, pooled = 64, 64
-    else:
-        cfg = comfy.supported_models.SDXL(dict(SDXL_UNET))
-        cfg.set_inference_dtype(torch.float16, None)
-        dev = torch.device("cuda")
-        model = cfg.get_model({}, device=dev)
-        g = torch.Generator(device=dev).manual_seed(0)
-        with torch.no_grad():
-            for p in model.diffusion_model.parameters():
-                p.normal_(0.0, 0.02, generator=g)
-        mp = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
-        ctx, pooled = 2048, 1280
-    g = torch.Generator().manual_seed(1)
-    pos = [[torch.randn(1, 77, ctx, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]]
-    neg = [[torch.randn(1, 77, ctx, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]]
-    return mp, pos, neg
-
-
-class Meter:
-    """Counts diffusion-model calls and the time inside them; samples peak RSS."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.calls, self.inside, self.peak_rss, self.rows = cuda, 0, 0.0, 0, 0
-        self._stop = threading.Event()
-
-    def wrapper(self, executor, *args, **kwargs):
-        if self.cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = executor(*args, **kwargs)
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.inside += time.perf_counter() - t
-        self.calls += 1
-        self.rows += int(args[0].shape[0])
-        return out
-
-    def _sample(self):
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from bench_common import Meter, boot, sdxl_model  # noqa: E402  (script folder on sys.path)
 
 
 def run_one(sampler_mod, mp, pos, neg, size: int, mode: str, steps: int, slider: int, cuda: bool,
@@ -170,8 +68,8 @@ def main():
     sizes = args.sizes or ([8192, 16384] if cuda else [2048, 4096])
     steps = args.steps or (50 if cuda else 4)
     slider = args.slider if args.slider is not None else max(1, round(0.6 * steps))
-    sampler_mod, fixtures = boot(Path(args.comfyui), cuda)
-    mp, pos, neg = build_model(cuda, fixtures)
+    sampler_mod, fixtures = boot(Path(args.comfyui), cuda, "pixelsmith_sampler")
+    mp, pos, neg = sdxl_model(cuda, fixtures)
     dev = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} threads), tiny SDXL-class UNet"
     print(f"Pixelsmith sampler benchmark on {dev}; {steps} ddim_uniform steps, slider {slider}, cfg 7.5, patch 128")
     print(f"{'size':>7} {'mode':>9} {'wall s':>9} {'calls':>7} {'patches':>8} {'in model':>9} "
