@@ -17,8 +17,9 @@ HOST="$(tests/host/build_host.sh "${build_args[@]}" | tail -n 1)"
 # The frontend tests drive Debian's chromium (never a browser download).
 if ! command -v chromium >/dev/null 2>&1; then
   echo "tests/run.sh: installing Debian's chromium for the frontend tests" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 set +e
