@@ -42,7 +42,7 @@ def boot(comfy_dir: Path, cuda: bool, module: str):
         package = next(c.__module__ for c in host.node_classes.values()
                        if c.__module__.endswith(f".nodes.{module}"))
         return (sys.modules[package],
-                sys.modules[host.node_classes["UltraResTest_TinyCheckpoint"].__module__])
+                host.module_of("UltraResTest_TinyCheckpoint"))
     sys.path.insert(0, str(comfy_dir))
     import comfy.options
 

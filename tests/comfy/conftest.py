@@ -26,9 +26,20 @@ def host(pytestconfig, tmp_path_factory) -> ComfyHost:
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
 
 
-@pytest.fixture
-def probe_records(host):
-    records = sys.modules[host.node_classes["UltraResTest_ModelProbe"].__module__].PROBE_RECORDS
+def cleared_records(host, node_id: str, name: str):
+    """Yield the (cleared) record list ``name`` of the test-fixture module defining ``node_id``."""
+    records = getattr(host.module_of(node_id), name)
     records.clear()
     yield records
     records.clear()
+
+
+@pytest.fixture
+def probe_records(host):
+    yield from cleared_records(host, "UltraResTest_ModelProbe", "PROBE_RECORDS")
+
+
+@pytest.fixture
+def records(host):
+    """Calls recorded by ``UltraResTest_FreeScaleProbe``."""
+    yield from cleared_records(host, "UltraResTest_FreeScaleProbe", "FREESCALE_RECORDS")

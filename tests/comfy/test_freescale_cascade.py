@@ -1,21 +1,11 @@
 """FreeScale self-cascade sampler and the all-in-one FreeScale Upscale node on the real host."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 from test_host import saved_image
-
-
-@pytest.fixture
-def records(host):
-    recs = sys.modules[host.node_classes["UltraResTest_FreeScaleProbe"].__module__].FREESCALE_RECORDS
-    recs.clear()
-    yield recs
-    recs.clear()
 
 
 def _base(g, kind, size, seed=2):
@@ -198,7 +188,7 @@ def test_upscale_seeded_interruptible_and_tiled(host, records, monkeypatch):
     assert np.array_equal(a, saved_image(host, result, save)), "same seed reproduces; no patch survived the interrupt"
 
     # Tiled VAE path (used above 2048² px), forced on a small image: runs, close to the untiled result.
-    module = sys.modules[host.node_classes["UltraRes_FreeScaleUpscale"].__module__]
+    module = host.module_of("UltraRes_FreeScaleUpscale")
     monkeypatch.setattr(module, "TILE_ABOVE_PX", 32 * 32)
     g, save, _ = upscale_graph(seed=11, probe_tag="tiled")
     tiled = saved_image(host, host.run(g), save)

@@ -1,8 +1,6 @@
 """FreeScale Restrained Dilation on the real host: which convs, which steps, always restored."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -22,14 +20,6 @@ TINY_SD15_LAYERS = {
     "middle_block.0.in_layers.2", "middle_block.0.out_layers.3",
     "middle_block.2.in_layers.2", "middle_block.2.out_layers.3",
 }
-
-
-@pytest.fixture
-def records(host):
-    recs = sys.modules[host.node_classes["UltraResTest_FreeScaleProbe"].__module__].FREESCALE_RECORDS
-    recs.clear()
-    yield recs
-    recs.clear()
 
 
 def graph(kind="sdxl", width=128, height=128, steps=4, dilation=None, tag="probe", interrupt_at=0, seed=3):

@@ -47,12 +47,10 @@ def test_fusion_changes_a_2048_wide_image_and_is_seeded(host):
 
 def test_weight_patches_keep_their_keys(host):
     """A LoRA-style weight patch on a self-attention projection still applies under the fusion patch."""
-    import sys
-
     import comfy.model_management
     import torch
 
-    fixture = sys.modules[host.node_classes["UltraResTest_TinyCheckpoint"].__module__]
+    fixture = host.module_of("UltraResTest_TinyCheckpoint")
     model = fixture.tiny_models.tiny_unet("sdxl", seed=0)
     fused = host.node_classes["UltraRes_FreeScaleScaleFusion"].execute(
         model, fast_mode=False, start_percent=0.0, end_percent=1.0, jitter_seed=0, jitter=True).result[0]

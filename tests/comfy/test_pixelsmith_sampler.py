@@ -1,8 +1,6 @@
 """Pixelsmith SAMPLER and Pixelsmith Upscale on the real host (tiny SDXL / SD1.5, CPU)."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from test_host import saved_image
 
 @pytest.fixture
 def rec(host):
-    mod = sys.modules[host.node_classes["UltraResTest_SeededLatent"].__module__]
+    mod = host.module_of("UltraResTest_SeededLatent")
     for store in (mod.LATENTS, mod.SOURCES, mod.CALLS):
         store.clear()
     yield mod
@@ -245,8 +243,8 @@ def test_flux_class_model_runs_with_flow_guidance(host, rec):
 
 
 def test_controlnet_hint_is_sliced_per_patch(host, rec):
-    mod = sys.modules[host.node_classes["UltraRes_PixelsmithSampler"].__module__]
-    cn_mod = sys.modules[host.node_classes["UltraResTest_TinyControlNet"].__module__]
+    mod = host.module_of("UltraRes_PixelsmithSampler")
+    cn_mod = host.module_of("UltraResTest_TinyControlNet")
     H, W = 16, 32  # latent px; hints are in image px (× 8)
     hint = torch.arange(3 * H * 8 * W * 8, dtype=torch.float32).reshape(1, 3, H * 8, W * 8) / (3 * H * W * 64)
     first, second = cn_mod.tiny_controlnet(0), cn_mod.tiny_controlnet(1)

@@ -11,8 +11,6 @@ loaded by the stock ``LoraLoaderModelOnly`` and ComfyUI's own Stable Cascade Con
 from __future__ import annotations
 
 import math
-import sys
-
 import pytest
 import torch
 
@@ -23,15 +21,11 @@ LORA_RANK = 4
 LORA_ALPHA = 2.0
 
 
-def module_of(host, node_id):
-    return sys.modules[host.node_classes[node_id].__module__]
-
-
 @pytest.fixture
 def records(host):
     """Latents recorded by UltraResTest_RecordUltraPixel and stage-C calls seen by UltraResTest_StageCProbe."""
-    latents = module_of(host, "UltraResTest_RecordUltraPixel").RECORDS
-    probes = module_of(host, "UltraResTest_StageCProbe").RECORDS
+    latents = host.module_of("UltraResTest_RecordUltraPixel").RECORDS
+    probes = host.module_of("UltraResTest_StageCProbe").RECORDS
     latents.clear()
     probes.clear()
     yield latents, probes
@@ -79,7 +73,7 @@ def loras(host, tmp_path_factory):
     import folder_paths
     from safetensors.torch import save_file
 
-    tiny_models = module_of(host, "UltraResTest_TinyCascade").tiny_models
+    tiny_models = host.module_of("UltraResTest_TinyCascade").tiny_models
     stage_c = tiny_models.tiny_cascade("c", 0).model.diffusion_model.state_dict()
     linears = {k[:-len(".weight")]: tuple(v.shape) for k, v in stage_c.items()
                if k.startswith(("down_blocks.", "up_blocks.")) and k.endswith(".weight") and v.ndim == 2}

@@ -5,8 +5,6 @@ UltraPixel weights matching it (``tests/fixtures/ultrares_testing/tiny_ultrapixe
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,7 @@ STEPS = 2
 
 
 def fixture_module(host):
-    return sys.modules[host.node_classes["UltraResTest_RecordUltraPixel"].__module__]
+    return host.module_of("UltraResTest_RecordUltraPixel")
 
 
 @pytest.fixture

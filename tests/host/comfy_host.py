@@ -121,6 +121,10 @@ class ComfyHost:
 
         return nodes.NODE_CLASS_MAPPINGS
 
+    def module_of(self, node_id: str):
+        """The Python module that defines the registered node ``node_id``."""
+        return sys.modules[self.node_classes[node_id].__module__]
+
     def reset_cache(self) -> None:
         """Forget every cached node output (a fresh executor, as after a server restart)."""
         from comfy.cli_args import args
