@@ -30,7 +30,9 @@ from .pixelsmith_ops import (
     patch_box_at,
     phase_fusion,
     revert,
+    round_grid,
     select_patches,
+    take_disjoint,
     write_back,
 )
 
@@ -45,6 +47,8 @@ __all__ = [
     "write_back",
     "patch_box_at",
     "select_patches",
+    "round_grid",
+    "take_disjoint",
     "sample_pixelsmith",
 ]
 
@@ -56,10 +60,15 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, "list[PatchBox]"], torch.Tensor
 # --------------------------------------------------------------------------------------------- #
 
 
-def _per_round_estimate(latent_hw: tuple[int, int], patch_hw: tuple[int, int]) -> int:
-    """Prior for patches per round: 1 if one window covers the latent, else ≈2× a tiling (§1.5)."""
-    tiles = math.ceil(latent_hw[0] / patch_hw[0]) * math.ceil(latent_hw[1] / patch_hw[1])
-    return 1 if tiles == 1 else 2 * tiles
+def _per_round_estimate(latent_hw: tuple[int, int], patch_hw: tuple[int, int], mode: str) -> float:
+    """Prior for patches per round: 1 if one window covers the latent; else ≈2× a tiling for
+    random centres (§1.5), or the mean of the aligned and shifted grids in fast mode."""
+    rows, cols = (math.ceil(n / p) for n, p in zip(latent_hw, patch_hw))
+    if rows * cols == 1:
+        return 1
+    if mode == "fast":
+        return (rows * cols + (rows + (rows > 1)) * (cols + (cols > 1))) / 2
+    return 2 * rows * cols
 
 
 @torch.no_grad()
@@ -103,8 +112,10 @@ def sample_pixelsmith(
             width so small latents work (a P ≥ H, W run is then a plain full-latent sampler).
         band: half-width of the averaging band in latent px (official 10).
         mode: ``"faithful"``: one patch per ``denoise`` call, official random order.
-            ``"fast"``: up to ``patch_batch`` non-overlapping patches per call, all at the current
-            max τ and chosen by the same rule; same guidance, mask and band.
+            ``"fast"``: each round is covered by a grid of windows (:func:`round_grid`: aligned
+            and randomly shifted grids alternate), taken in random order, up to ``patch_batch``
+            disjoint windows per call; same guidance, mask and band. About half the windows of
+            ``"faithful"`` per step.
         patch_batch: patches per call in ``"fast"`` mode (ignored, i.e. 1, in ``"faithful"``).
         callback: called after each call with a dict: ``i`` (call index), ``patches`` (done),
             ``patches_total`` (estimate, exact once finished), ``step`` and ``steps`` (current min
@@ -165,7 +176,8 @@ def sample_pixelsmith(
     tau = torch.zeros(H, W, dtype=torch.int32, device=z_up.device)  # (H, W)
     k_min, left_in_round = 0, H * W  # smallest step index, pixels still at it
 
-    per_round = _per_round_estimate((H, W), patch_hw)
+    per_round = _per_round_estimate((H, W), patch_hw, mode)
+    queue: list[PatchBox] = []  # fast mode: windows of the current round not yet taken
     patches_done = rounds_done = patches_in_rounds = patches_this_round = calls = 0
 
     def to_dev(t: torch.Tensor) -> torch.Tensor:
@@ -176,7 +188,12 @@ def sample_pixelsmith(
             raise InterruptedError("sample_pixelsmith: stopped by should_stop()")
         k = k_min
         sigma, sigma_next = sigma_list[k], sigma_list[k + 1]
-        boxes = select_patches(tau.cpu(), k, patch_hw, max_patches, generator)  # no copy on CPU
+        if mode == "faithful":
+            boxes = select_patches(tau.cpu(), k, patch_hw, 1, generator)  # no copy on CPU
+        else:
+            if not queue:
+                queue = round_grid((H, W), patch_hw, shifted=k % 2 == 1, generator=generator)
+            boxes = take_disjoint(queue, max_patches)
         n = len(boxes)
 
         # Gather the patches: (n, B, C, ph, pw); m: (n, 1, 1, ph, pw).
@@ -228,6 +245,7 @@ def sample_pixelsmith(
         calls += 1
         if left_in_round == 0:
             k_min, left_in_round = k_min + 1, H * W
+            queue = []
             rounds_done += 1
             patches_in_rounds += patches_this_round
             patches_this_round = 0

@@ -53,3 +53,100 @@ def test_workflow_loads_without_missing_nodes(frontend, path):
         assert (saved[node["id"]].get("widgets_values") or []) == (node.get("widgets_values") or []), node["type"]
     screenshot_graph(page, screenshot_dir() / f"{path.stem}.png")
     assert not [e for e in errors if e.startswith("dialog")], errors
+
+
+DEMO_WORKFLOW = PACK_ROOT / "workflows" / "ultrares_demo_cpu_512.json"
+
+
+def graph_to_client(page, node_id: int, dx: float, dy: float) -> tuple[float, float]:
+    """Page coordinates of a point given relative to a node's position, in graph units."""
+    return tuple(page.evaluate("""([id, dx, dy]) => {
+        const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+        const r = app.canvas.canvas.getBoundingClientRect();
+        return [(n.pos[0] + dx + ds.offset[0]) * ds.scale + r.left, (n.pos[1] + dy + ds.offset[1]) * ds.scale + r.top];
+    }""", [node_id, dx, dy]))
+
+
+def hover_tooltip(page, x: float, y: float) -> str:
+    """Move the mouse to (x, y), wait for the frontend's node tooltip and return its text."""
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=5)
+    tooltip = page.locator(".node-tooltip")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    return tooltip.inner_text()
+
+
+def test_templates_browser_lists_and_opens_the_pack_templates(frontend):
+    _, page, errors = frontend
+    errors.clear()
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("ultrares", exact=True).click()
+    for path in WORKFLOWS:
+        dialog.get_by_text(path.stem, exact=True).wait_for(timeout=10_000)
+    assert f"Showing {len(WORKFLOWS)} of {len(WORKFLOWS)} templates" in dialog.inner_text()
+    screenshot_graph(page, screenshot_dir() / "templates_browser_ultrares.png")
+    # Opening a card loads that workflow, as a user does.
+    dialog.get_by_text(DEMO_WORKFLOW.stem, exact=True).click()
+    page.wait_for_function("() => app.graph._nodes.some(n => n.type === 'UltraRes_DemoModel')", timeout=30_000)
+    assert page.get_by_role("dialog").count() == 0 or not page.get_by_role("dialog").is_visible()
+    assert not [e for e in errors if e.startswith("dialog")], errors
+
+
+def test_node_description_and_input_tooltip_are_shown_on_hover(frontend):
+    base, page, _ = frontend
+    load_workflow(page, json.loads(DEMO_WORKFLOW.read_text()))
+    info = get_json(f"{base}/api/object_info/UltraRes_PixelsmithUpscale")["UltraRes_PixelsmithUpscale"]
+    node_id = page.evaluate("() => app.graph._nodes.find(n => n.type === 'UltraRes_PixelsmithUpscale').id")
+    # Zoom onto the node so its title and first input are large targets.
+    page.evaluate("""(id) => { const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+        ds.scale = 1.5; ds.offset = [200 / 1.5 - n.pos[0], 250 / 1.5 - n.pos[1]]; app.canvas.setDirty(true, true); }""",
+                  node_id)
+    page.wait_for_timeout(300)
+    title = hover_tooltip(page, *graph_to_client(page, node_id, 60, -15))
+    assert title.strip() == info["description"].strip()
+    slot = page.evaluate("(id) => app.graph.getNodeById(id).getConnectionPos(true, 0)", node_id)
+    pos = page.evaluate("(id) => app.graph.getNodeById(id).pos", node_id)
+    first_input = page.evaluate("(id) => app.graph.getNodeById(id).inputs[0].name", node_id)
+    tip = hover_tooltip(page, *graph_to_client(page, node_id, slot[0] - pos[0] + 8, slot[1] - pos[1]))
+    required = {**info["input"]["required"], **info["input"].get("optional", {})}
+    assert tip.strip() == required[first_input][1]["tooltip"].strip()
+    page.screenshot(path=str(screenshot_dir() / "tooltip_pixelsmith_upscale.png"))
+
+
+def test_demo_workflow_queued_from_the_ui_shows_images_and_pack_progress(frontend):
+    _, page, errors = frontend
+    errors.clear()
+    workflow = json.loads(DEMO_WORKFLOW.read_text())
+    for node in workflow["nodes"]:  # fewer steps: the same graph, quicker on a CPU
+        if node["type"] in ("KSampler", "UltraRes_PixelsmithUpscale", "UltraRes_FreeScaleUpscale"):
+            values = node["widgets_values"]
+            i = next(i for i, v in enumerate(values) if v == "fixed") + 1  # steps follow the seed control
+            values[i] = 4
+            if node["type"] == "UltraRes_PixelsmithUpscale":
+                values[i + 2] = 2  # slider
+    load_workflow(page, workflow)
+    page.evaluate("""() => {
+        window.__ultrares = {progress: [], executed: [], done: null};
+        const types = id => app.graph.getNodeById(Number(id))?.type;
+        app.api.addEventListener('progress', e => __ultrares.progress.push({type: types(e.detail.node), value: e.detail.value, max: e.detail.max}));
+        app.api.addEventListener('executed', e => __ultrares.executed.push(types(e.detail.node)));
+        app.api.addEventListener('execution_success', () => __ultrares.done = 'success');
+        app.api.addEventListener('execution_error', e => __ultrares.done = 'error: ' + e.detail.exception_message);
+    }""")
+    page.locator('[data-testid="queue-button"]').first.click()
+    page.wait_for_function("() => window.__ultrares.done", timeout=600_000, polling=500)
+    state = page.evaluate("() => window.__ultrares")
+    assert state["done"] == "success", state["done"]
+    saves = [n["id"] for n in workflow["nodes"] if n["type"] == "SaveImage"]
+    assert state["executed"].count("SaveImage") == len(saves)
+    for node_type in ("UltraRes_PixelsmithUpscale", "UltraRes_FreeScaleUpscale"):
+        reports = [p for p in state["progress"] if p["type"] == node_type]
+        assert reports and reports[-1]["value"] == reports[-1]["max"] > 1, (node_type, reports[-3:])
+    # Every Save Image node shows its image (loaded by the browser from the server).
+    page.wait_for_function("""(ids) => ids.every(id => {
+        const imgs = app.graph.getNodeById(id).imgs;
+        return imgs && imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);
+    })""", arg=saves, timeout=30_000)
+    screenshot_graph(page, screenshot_dir() / "ultrares_demo_cpu_512_after_run.png")
+    assert not [e for e in errors if e.startswith("dialog")], errors

@@ -18,6 +18,7 @@ from ultrares.kernels.pixelsmith import (
     phase_fusion,
     revert,
     sample_pixelsmith,
+    round_grid,
     select_patches,
     write_back,
 )
@@ -339,6 +340,33 @@ def test_fast_mode_boxes_disjoint_and_furthest_behind():
 
     sample_pixelsmith(denoise, z_up, n, sigmas, slider=2, generator=gen(2), patch_size=16,
                       band=4, mode="fast", patch_batch=3, callback=callback)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (40, 52), (16, 30)])
+def test_round_grid_covers_every_pixel_with_few_windows(hw):
+    for shifted in (False, True):
+        for seed in range(5):
+            boxes = round_grid(hw, (16, 16), shifted, gen(seed))
+            cover = torch.zeros(hw, dtype=torch.int32)
+            for b in boxes:
+                assert b.top >= 0 and b.left >= 0 and b.top + 16 <= hw[0] and b.left + 16 <= hw[1]
+                cover[b.slices] += 1
+            assert (cover > 0).all()
+            rows, cols = -(-hw[0] // 16), -(-hw[1] // 16)
+            assert len(boxes) <= (rows + shifted) * (cols + shifted)
+            if not shifted:
+                assert len(boxes) == rows * cols
+
+
+def test_fast_mode_needs_about_half_the_windows_of_faithful():
+    sigmas = torch.linspace(8.0, 0.0, 9)
+    counts = {}
+    for mode in ("faithful", "fast"):
+        _, log = run_counting((1, 4, 128, 128), sigmas, mode, patch=32, band=4)
+        counts[mode] = log["patches"]
+    # 4×4 aligned and 5×5 shifted grids alternate: (16 + 25) / 2 per step.
+    assert counts["fast"] == 8 * (16 + 25) // 2
+    assert counts["fast"] < 0.6 * counts["faithful"], counts
 
 
 # ------------------------------------------------------------------------------------------ #

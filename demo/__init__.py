@@ -1,0 +1,1 @@
+"""The embedded UltraRes demo model: procedural data, its spec, metrics and training script."""

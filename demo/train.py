@@ -1,0 +1,243 @@
+"""Train the embedded demo model from scratch on CPU, reproducibly from a seed.
+
+    python -m demo.train --comfyui PATH/TO/ComfyUI [--seed 0] [--out demo/ultrares_demo.safetensors]
+
+(run from the pack's root with the Python that runs ComfyUI; ``tests/host/build_host.sh`` prints
+a pinned one). Three phases, all on the procedural images of :mod:`demo.data`:
+
+1. the VAE (ComfyUI's ``AutoencoderKL``) on random 64² crops: L1 + L1 of image gradients + a
+   small KL term; then its latent is rescaled per channel to zero mean and the variance SDXL's
+   latent format expects;
+2. ``--images`` training images are encoded once (posterior mean and std kept);
+3. the UNet (ComfyUI's ``SDXL`` model config) with ε-prediction on ComfyUI's own noise schedule,
+   min-SNR-5 weighting, 10 % empty-prompt dropout for classifier-free guidance, AdamW with a
+   cosine schedule and an EMA of the weights (the EMA is what is saved).
+
+The defaults take about 35 minutes on 2 CPU cores. The weights are written in fp16.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def boot_comfy(comfy_dir: Path) -> None:
+    """Import ComfyUI's model code on the CPU (no server, no custom nodes)."""
+    sys.path.insert(0, str(comfy_dir))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.cli_args  # noqa: F401
+
+
+def reset_parameters_(module: torch.nn.Module) -> None:
+    """PyTorch's default initialisation for every layer (ComfyUI's ops skip it on purpose)."""
+    for m in module.modules():
+        for base in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm, torch.nn.LayerNorm):
+            if isinstance(m, base):
+                base.reset_parameters(m)
+                break
+
+
+def log(msg: str) -> None:
+    print(f"[demo.train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_vae(args, g: torch.Generator):
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from .data import random_classes, render
+    from .spec import VAE_DDCONFIG, VAE_EMBED_DIM
+
+    vae = AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=VAE_EMBED_DIM)
+    reset_parameters_(vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    crop = 64
+    t0 = time.time()
+    for step in range(args.vae_steps):
+        images = render(random_classes(args.vae_batch, g), g)
+        oy, ox = (torch.randint(0, images.shape[-1] - crop + 1, (2,), generator=g) // 8 * 8).tolist()
+        x = images[..., oy:oy + crop, ox:ox + crop] * 2 - 1
+        mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)
+        logvar = logvar.clamp(-30, 20)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+        rec = vae.decoder(vae.post_quant_conv(z))
+        grad = lambda t: (t[..., 1:, :] - t[..., :-1, :], t[..., :, 1:] - t[..., :, :-1])  # noqa: E731
+        loss_grad = sum(F.l1_loss(a, b) for a, b in zip(grad(rec), grad(x)))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = F.l1_loss(rec, x) + loss_grad + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = args.vae_lr * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
+        opt.step()
+        if step % 100 == 0 or step == args.vae_steps - 1:
+            log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f} kl {kl.item():.3f} "
+                f"({time.time() - t0:.0f} s)")
+    return vae.eval()
+
+
+@torch.no_grad()
+def normalise_latent_(vae, g: torch.Generator, n: int = 512) -> None:
+    """Fold a per-channel affine map into quant_conv/post_quant_conv so latents match SDXL's scale."""
+    from .data import random_classes, render
+    from .spec import LATENT_SCALE
+
+    means = []
+    for _ in range(n // 64):
+        x = render(random_classes(64, g), g) * 2 - 1
+        means.append(vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0])
+    z = torch.cat(means)
+    mu, sd = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+    k = 1.0 / (LATENT_SCALE * sd)                       # new z = k (z - mu)
+    c = mu.numel()
+    qw, qb = vae.quant_conv.weight, vae.quant_conv.bias  # rows: [mean (c), logvar (c)]
+    qw[:c] *= k.view(-1, 1, 1, 1)
+    qb[:c] = (qb[:c] - mu) * k
+    qb[c:] += 2 * torch.log(k)
+    pw, pb = vae.post_quant_conv.weight, vae.post_quant_conv.bias  # post(z) = W (z/k + mu) + b
+    pb += (pw[:, :, 0, 0] @ mu)
+    pw /= k.view(1, -1, 1, 1)
+    log(f"latent per-channel mean {mu.tolist()} std {sd.tolist()} -> scale {(1 / k).tolist()}")
+
+
+@torch.no_grad()
+def encode_dataset(vae, n: int, g: torch.Generator):
+    from .data import random_classes, render
+
+    classes = random_classes(n, g)
+    mean, std = [], []
+    t0 = time.time()
+    for i in range(0, n, 64):
+        x = render(classes[i:i + 64], g) * 2 - 1
+        m, lv = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)
+        mean.append(m)
+        std.append(torch.exp(0.5 * lv.clamp(-30, 20)))
+    log(f"encoded {n} images in {time.time() - t0:.0f} s")
+    return classes, torch.cat(mean), torch.cat(std)
+
+
+def build_unet():
+    import comfy.supported_models
+
+    from .spec import UNET_CONFIG
+
+    config = comfy.supported_models.SDXL(dict(UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device=torch.device("cpu"))
+    return model
+
+
+def train_unet(args, data, g: torch.Generator):
+    from .spec import CLASSES, CONTEXT_DIM, CONTEXT_TOKENS, LATENT_SCALE, SIZE_CONDITIONING
+
+    classes, z_mean, z_std = data
+    model = build_unet()
+    unet = model.diffusion_model
+    reset_parameters_(unet)
+    with torch.no_grad():  # zero the last layer of every residual branch, as in the original UNet
+        for name, m in unet.named_modules():
+            if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
+                m.weight.zero_()
+                m.bias.zero_()
+    text = torch.nn.Parameter(torch.randn(len(CLASSES) + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
+    with torch.no_grad():
+        size_adm = model.encode_adm(pooled_output=torch.zeros(1, CONTEXT_DIM), **SIZE_CONDITIONING)[:, CONTEXT_DIM:]
+    sigmas = model.model_sampling.sigmas.float()
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ema_text = text.detach().clone()
+    params = list(unet.parameters()) + [text]
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    n = classes.shape[0]
+    empty = len(CLASSES)
+    t0 = time.time()
+    for step in range(args.unet_steps):
+        idx = torch.randint(n, (args.unet_batch,), generator=g)
+        x0 = (z_mean[idx] + z_std[idx] * torch.randn(z_mean[idx].shape, generator=g)) * LATENT_SCALE
+        if torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
+            x0 = x0.flip(-1)
+        label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, empty, classes[idx])
+        t = torch.randint(0, sigmas.numel(), idx.shape, generator=g)
+        sigma = sigmas[t].view(-1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=g)
+        xc = (x0 + sigma * eps) / torch.sqrt(sigma ** 2 + 1)
+        ctx = text[label]
+        y = torch.cat([ctx.mean(1), size_adm.expand(idx.shape[0], -1)], dim=1)
+        out = unet(xc, timesteps=t.float(), context=ctx, y=y)
+        snr = 1.0 / sigma.view(-1) ** 2
+        weight = torch.clamp(snr, max=5.0) / snr
+        loss = (weight * (out - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        warm = min(1.0, (step + 1) / 200)
+        for group in opt.param_groups:
+            group["lr"] = args.unet_lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.unet_steps))
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else ema[k].copy_(v)
+            ema_text.lerp_(text, 1 - decay)
+        if step % 200 == 0 or step == args.unet_steps - 1:
+            log(f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+    return ema, ema_text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (its model classes are used)")
+    p.add_argument("--out", type=Path, default=ROOT / "demo" / "ultrares_demo.safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=12)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--images", type=int, default=12000)
+    p.add_argument("--unet-steps", type=int, default=4500)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.999)
+    args = p.parse_args(argv)
+
+    boot_comfy(args.comfyui)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    g = torch.Generator().manual_seed(args.seed)
+    from safetensors.torch import save_file
+
+    from .spec import CLASSES
+
+    vae = train_vae(args, g)
+    normalise_latent_(vae, g)
+    data = encode_dataset(vae, args.images, g)
+    unet, text = train_unet(args, data, g)
+    tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    tensors.update({f"unet.{k}": v for k, v in unet.items()})
+    tensors["text.embeddings"] = text
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
+    meta = {"classes": json.dumps(list(CLASSES)), "seed": str(args.seed),
+            "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                    if k not in ("comfyui", "out")})}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    part = args.out.with_suffix(".part")
+    save_file(tensors, str(part), metadata=meta)
+    part.replace(args.out)
+    log(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""UltraRes Demo Model and Demo Prompt: the small trained model shipped inside the pack.
+
+The weights (``demo/ultrares_demo.safetensors``, trained by ``demo/train.py``) hold a VAE and an
+SDXL-class UNet built from ComfyUI's own classes, plus one learned "prompt" embedding per object
+class. They exist so that anyone can see, on a CPU and without downloading a model, what the
+pack's methods fix: run above its 128 px training size the model repeats its object, as SDXL does
+above 1024 px.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+from ..demo import spec
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / spec.WEIGHTS_FILE
+
+
+def _read(prefix: str) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    if not WEIGHTS.is_file():
+        raise FileNotFoundError(f"The demo model weights are missing from the pack: {WEIGHTS}. "
+                                f"Reinstall UltraRes or retrain them with `python -m demo.train`.")
+    with safe_open(str(WEIGHTS), framework="pt", device="cpu") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected, found = set(module.state_dict()), set(state)
+    if expected != found:
+        raise ValueError(f"{WEIGHTS.name}: the {what} weights do not match the demo architecture "
+                         f"(missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}).")
+
+
+def load_demo_model():
+    """(ModelPatcher of the UNet, ComfyUI VAE), loaded the way ComfyUI loads a checkpoint."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+
+    unet_sd = _read("unet.")
+    config = comfy.supported_models.SDXL(dict(spec.UNET_CONFIG))
+    load_device = mm.get_torch_device()
+    dtype = mm.unet_dtype(model_params=sum(v.numel() for v in unet_sd.values()),
+                          supported_dtypes=config.supported_inference_dtypes)
+    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
+    model = config.get_model({}, "", device=mm.unet_offload_device())
+    _check_keys("UNet", model.diffusion_model, unet_sd)
+    model.diffusion_model.load_state_dict(unet_sd, strict=True)
+    patcher = comfy.model_patcher.ModelPatcher(model.eval(), load_device=load_device,
+                                               offload_device=mm.unet_offload_device())
+
+    vae_sd = _read("vae.")
+    vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": dict(spec.VAE_DDCONFIG),
+                                                      "embed_dim": spec.VAE_EMBED_DIM}})
+    _check_keys("VAE", vae.first_stage_model, vae_sd)
+    return patcher, vae
+
+
+def demo_conditioning(object_class: str) -> tuple[list, list]:
+    """(positive, negative) CONDITIONING for one class: learned tokens, pooled = their mean."""
+    if object_class not in spec.CLASSES:
+        raise ValueError(f"object: expected one of {list(spec.CLASSES)}, got {object_class!r}.")
+    table = _read("text.")["embeddings"].float()
+
+    def cond(row: int) -> list:
+        tokens = table[row:row + 1]
+        return [[tokens, {"pooled_output": tokens.mean(1), **spec.SIZE_CONDITIONING}]]
+
+    return cond(spec.CLASSES.index(object_class)), cond(len(spec.CLASSES))
+
+
+class DemoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_DemoModel",
+            display_name="UltraRes Demo Model",
+            category="UltraRes/Demo",
+            description=(
+                "Loads the small demo model shipped inside UltraRes (no download, no model folder): a "
+                "2.8 M-parameter SDXL-class UNet and an 8× VAE built from ComfyUI's own classes, trained "
+                "on 128×128 px pictures of one striped object (red disc, blue square, green triangle, "
+                "yellow diamond). Use it with UltraRes Demo Prompt to try the pack's methods on a CPU: "
+                "sampled directly at 4× its size it repeats the object, as SDXL does above 1024 px; "
+                "Pixelsmith and FreeScale fix that. Set Empty Latent Image to 128×128 for the base image. "
+                "Cost: loads in well under a second; a 512² image takes seconds on a CPU."),
+            inputs=[],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The demo SDXL-class UNet (ε-prediction, SDXL noise schedule; native size 128 px)."),
+                io.Vae.Output(display_name="VAE", tooltip="The demo VAE (8× down, 4 channels, SDXL latent scale)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(*load_demo_model())
+
+
+class DemoPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_DemoPrompt",
+            display_name="UltraRes Demo Prompt",
+            category="UltraRes/Demo",
+            description=(
+                "The demo model's 'text encoder': picks the object class to draw and returns its learned "
+                "prompt embedding as positive conditioning and the empty prompt as negative, with SDXL "
+                "size conditioning of 128×128 (the training size, as for SDXL at 1024² when upscaling). "
+                "Use only with UltraRes Demo Model. Cost: none."),
+            inputs=[
+                io.Combo.Input("object", options=list(spec.CLASSES), default=spec.CLASSES[0],
+                               tooltip="The object class the demo model draws (its whole vocabulary)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Conditioning for the chosen object."),
+                io.Conditioning.Output(display_name="negative", tooltip="The empty prompt, for classifier-free guidance."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, object) -> io.NodeOutput:  # noqa: A002  (the input's name in the UI)
+        return io.NodeOutput(*demo_conditioning(object))
+
+
+NODES = (DemoModel, DemoPrompt)

@@ -1,0 +1,206 @@
+"""Quality benchmark on the embedded demo model: does each method stop repetition and add detail?
+
+    python tests/benchmarks/bench_quality.py --comfyui $HOST/ComfyUI [--scales 2 4 8] [--samples 32]
+
+For each scale (× the 128 px native side) it runs real ComfyUI graphs on the demo model, all from
+the same batch of base images (``--samples`` images, one batch from ``--seed``):
+
+* ``direct``: KSampler straight at the target size (what the methods exist to fix);
+* ``lanczos``: the base image Lanczos-upscaled (no new detail by construction);
+* ``pixelsmith-faithful`` / ``pixelsmith-fast``: a cascade of Pixelsmith Upscale ×2 stages
+  (slider 40 % of the steps on the first stage, 60 % on later ones, patch = native 16 latent px);
+* ``freescale-normal`` / ``freescale-fast``: FreeScale Upscale through every ×2 size.
+
+Metrics (``demo/metrics.py``): objects found (mean; target 1) and % with exactly one; SSIM of the
+downscaled result to the base; the Fréchet distance of 1:1 32² crop texture features to the
+training images' (lower = detail more like the training data); wall time; peak RSS rise. It prints
+a Markdown table and writes ``quality.png`` (the bars) and ``grid_<scale>x.jpg`` (first sample of
+each method, same seed) to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from bench_common import ROOT, Meter
+
+NATIVE = 128
+METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast")
+
+
+def base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str) -> dict:
+    return {
+        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
+        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": NATIVE, "height": NATIVE, "batch_size": samples}},
+        "base": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1], "latent_image": ["empty", 0],
+            "seed": seed, "steps": steps, "cfg": cfg,
+            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
+        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "base"}},
+    }
+
+
+def method_nodes(method: str, scale: int, samples: int, seed: int, steps: int, cfg: float) -> dict:
+    """Nodes computing ``method`` at ``scale``; the final IMAGE is node ``out`` slot 0."""
+    side = NATIVE * scale
+    common = {"model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+              "seed": seed, "steps": steps, "cfg": cfg}
+    if method == "direct":
+        return {
+            "d_empty": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": samples}},
+            "d_sample": {"class_type": "KSampler", "inputs": {
+                "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+                "latent_image": ["d_empty", 0], "seed": seed, "steps": steps, "cfg": cfg,
+                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "out": {"class_type": "VAEDecode", "inputs": {"samples": ["d_sample", 0], "vae": ["model", 1]}},
+        }
+    if method == "lanczos":
+        return {"out": {"class_type": "ImageScale", "inputs": {
+            "image": ["base_image", 0], "upscale_method": "lanczos", "width": side, "height": side, "crop": "disabled"}}}
+    if method.startswith("pixelsmith"):
+        nodes, source = {}, ["base", 0]
+        stages = int(np.log2(scale))
+        for i in range(stages):
+            nodes[f"ps{i}"] = {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(
+                common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
+                slider=round(steps * (0.4 if i == 0 else 0.6)), patch_size=NATIVE // 8, band=2,
+                mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
+                decode_image=i == stages - 1)}
+            source = [f"ps{i}", 0]
+        nodes["out"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["model", 1]}}
+        return nodes
+    sizes = ", ".join(str(NATIVE * 2 ** (i + 1)) for i in range(int(np.log2(scale))))
+    return {
+        "fs": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
+            common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=2.0,
+            cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True)},
+        "out": {"class_type": "VAEDecode", "inputs": {"samples": ["fs", 0], "vae": ["model", 1]}},
+    }
+
+
+def load_images(host, result, node: str) -> torch.Tensor:
+    files = result.outputs[node]["images"]
+    arrays = [np.asarray(Image.open(host.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
+              for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
+    """Two panels: % images with exactly one object, and texture distance, per method and scale."""
+    colours = [(90, 90, 90), (170, 170, 170), (214, 96, 77), (244, 165, 130), (67, 147, 195), (146, 197, 222)]
+    panels = [("% with exactly one object (higher is better)", "one_pct", 100.0),
+              ("texture distance to training data (lower is better)", "texture",
+               max(r["texture"] for r in rows) * 1.1)]
+    w, h, pad = 900, 300, 40
+    img = Image.new("RGB", (w, h * len(panels) + 30), "white")
+    draw = ImageDraw.Draw(img)
+    group = (w - 2 * pad) / len(scales)
+    bar = group / (len(METHODS) + 1)
+    for p, (title, key, top) in enumerate(panels):
+        y0 = p * h
+        draw.text((pad, y0 + 5), title, fill="black")
+        base_y = y0 + h - 30
+        draw.line([(pad, base_y), (w - pad, base_y)], fill="black")
+        for s, scale in enumerate(scales):
+            draw.text((pad + s * group + group / 2 - 10, base_y + 5), f"{scale}x", fill="black")
+            for m, method in enumerate(METHODS):
+                row = next((r for r in rows if r["scale"] == scale and r["method"] == method), None)
+                if row is None:
+                    continue
+                x = pad + s * group + (m + 0.5) * bar
+                top_y = base_y - (h - 70) * min(row[key] / top, 1.0)
+                draw.rectangle([x, top_y, x + bar * 0.9, base_y], fill=colours[m])
+    for m, method in enumerate(METHODS):
+        x = pad + m * (w - 2 * pad) / len(METHODS)
+        draw.rectangle([x, h * len(panels) + 8, x + 12, h * len(panels) + 20], fill=colours[m])
+        draw.text((x + 16, h * len(panels) + 8), method, fill="black")
+    img.save(path)
+
+
+def picture_grid(images: dict[str, torch.Tensor], path: Path, cell: int = 256) -> None:
+    names = list(images)
+    img = Image.new("RGB", (cell * len(names), cell + 16), "white")
+    draw = ImageDraw.Draw(img)
+    for i, name in enumerate(names):
+        arr = (images[name].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+        img.paste(Image.fromarray(arr).resize((cell, cell), Image.LANCZOS), (i * cell, 16))
+        draw.text((i * cell + 4, 2), name, fill="black")
+    img.save(path, quality=92)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", type=Path, required=True)
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8], choices=[2, 4, 8, 16])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--object", default="red disc")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--out", type=Path, default=Path("out/bench_quality"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    sys.path.insert(0, str(ROOT))
+    from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
+    from demo import metrics
+    from demo.data import random_classes, render
+
+    host = ComfyHost.boot(args.comfyui, Path(tempfile.mkdtemp(prefix="ultrares_quality_")),
+                          packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
+    args.out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(12345)
+    reference = metrics.texture_features(render(random_classes(256, g), g))
+    graph = base_graph(args.samples, args.seed, args.steps, args.cfg, args.object)
+    start = time.perf_counter()
+    base_result = host.run(graph)
+    base_s = time.perf_counter() - start
+    base = load_images(host, base_result, "base_save")
+    counts = metrics.count_objects(base)
+    print(f"base {NATIVE}²: {args.samples} samples in {base_s:.1f} s; objects mean {np.mean(counts):.2f}, "
+          f"exactly one {100 * np.mean(np.array(counts) == 1):.0f} %", flush=True)
+
+    rows = []
+    print("\n| scale | method | objects (mean) | exactly one % | SSIM to base | texture distance | wall s | peak RSS rise GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for scale in args.scales:
+        grid = {"base": base[0]}
+        for method in args.methods:
+            nodes = method_nodes(method, scale, args.samples, args.seed, args.steps, args.cfg)
+            nodes["save"] = {"class_type": "SaveImage", "inputs": {"images": ["out", 0],
+                                                                  "filename_prefix": f"{method}_{scale}x"}}
+            with Meter(cuda=False) as meter:
+                start = time.perf_counter()
+                result = host.run({**graph, **nodes})
+                wall = time.perf_counter() - start
+            images = load_images(host, result, "save")
+            found = np.array(metrics.count_objects(images))
+            row = {"scale": scale, "method": method, "objects": float(found.mean()),
+                   "one_pct": float(100 * (found == 1).mean()),
+                   "ssim": float(metrics.structure_ssim(images, base).mean()),
+                   "texture": metrics.texture_distance(images, reference),
+                   "wall": wall, "rss": (meter.peak_rss - meter.base_rss) / 2**30}
+            rows.append(row)
+            grid[method] = images[0]
+            print(f"| {scale}× ({NATIVE * scale}²) | {method} | {row['objects']:.2f} | {row['one_pct']:.0f} | "
+                  f"{row['ssim']:.3f} | {row['texture']:.1f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
+        picture_grid(grid, args.out / f"grid_{scale}x.jpg")
+    bar_chart(rows, args.scales, args.out / "quality.png")
+    print(f"\nwrote {args.out / 'quality.png'} and the picture grids")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
