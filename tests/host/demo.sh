@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Set up the pinned ComfyUI host (cached) and render a shipped workflow headless on the tiny
-# seeded demo models (no weight files needed).
+# Set up the pinned ComfyUI host (cached) and render a shipped workflow headless. The default is
+# the demo workflow on the embedded demo model (base 128² → 256² and 512² by Pixelsmith and by
+# FreeScale, plus direct 512² sampling for comparison). SDXL / Stable Cascade workflows run on tiny
+# seeded stand-ins for their model files (--demo), which shows the graph runs, not what SDXL paints.
 #
 #   tests/host/demo.sh [WORKFLOW.json] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-WORKFLOW="${1:-workflows/freescale_scale_fusion_sdxl_2048.json}"
+WORKFLOW="${1:-workflows/ultrares_demo_cpu_512.json}"
 OUT="${2:-out/demo}"
 HOST="$(tests/host/build_host.sh | tail -n 1)"
 HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" tests/host/run_workflow.py "$WORKFLOW" --out "$OUT" --demo \

@@ -1,0 +1,142 @@
+"""The embedded demo model: shipped weights load through the nodes and behave as trained.
+
+These pin what the demo exists to show: at its 128 px training size it draws one object; sampled
+directly at 4× the side it repeats the object; Pixelsmith and FreeScale keep one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_host import PACK_ROOT
+from run_workflow import load_prompt
+
+SAMPLES = 8
+
+
+def metrics(host):
+    """The pack's ``demo.metrics`` and ``demo.data`` modules, as loaded by ComfyUI."""
+    import importlib
+
+    pack = host.module_of("UltraRes_DemoModel").__name__.rsplit(".nodes.", 1)[0]
+    return importlib.import_module(f"{pack}.demo.metrics"), importlib.import_module(f"{pack}.demo.data")
+
+
+def saved_images(host, result, node: str) -> torch.Tensor:
+    files = result.outputs[node]["images"]
+    arrays = [np.asarray(Image.open(host.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
+              for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def graph(tail: dict, batch: int = SAMPLES, seed: int = 11, steps: int = 20) -> dict:
+    base = {
+        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
+        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": "blue square"}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": batch}},
+        "base": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+            "latent_image": ["empty", 0], "seed": seed, "steps": steps, "cfg": 4.0,
+            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
+        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "demo_base"}},
+    }
+    return {**base, **tail}
+
+
+DIRECT_4X = {
+    "big_empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": SAMPLES}},
+    "direct": {"class_type": "KSampler", "inputs": {
+        "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+        "latent_image": ["big_empty", 0], "seed": 11, "steps": 20, "cfg": 4.0,
+        "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+    "direct_image": {"class_type": "VAEDecode", "inputs": {"samples": ["direct", 0], "vae": ["model", 1]}},
+    "direct_save": {"class_type": "SaveImage", "inputs": {"images": ["direct_image", 0], "filename_prefix": "demo_direct"}},
+}
+
+
+def test_shipped_weights_load_as_comfyui_models(host):
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sd
+
+    nodes = host.module_of("UltraRes_DemoModel")
+    model, vae = nodes.load_demo_model()
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert isinstance(model.model, comfy.model_base.SDXL)
+    assert isinstance(vae, comfy.sd.VAE) and vae.spacial_compression_encode() == 8 and vae.latent_channels == 4
+    blocks = model.model.diffusion_model
+    attn = [n for n, _ in blocks.named_modules() if n.endswith("attn1") or n.endswith("attn2")]
+    blocks_with_attention = {".".join(n.split(".")[:2]) for n in attn if n.startswith("input_blocks")}
+    # SDXL's layout: input blocks 4-5 are the second level, 7-8 the third.
+    assert {"input_blocks.4", "input_blocks.7"} <= blocks_with_attention, "attention at two or more levels"
+    positive, negative = nodes.demo_conditioning("green triangle")
+    assert positive[0][0].shape[-1] == negative[0][0].shape[-1] == 64
+    assert not torch.equal(positive[0][0], negative[0][0])
+    with pytest.raises(ValueError, match="object"):
+        nodes.demo_conditioning("purple cat")
+
+    # The VAE reconstructs its training images closely (PSNR on procedural 128² images).
+    m, data = metrics(host)
+    g = torch.Generator().manual_seed(5)
+    images = data.render(data.random_classes(4, g), g)
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(images.permute(0, 2, 3, 1))).permute(0, 3, 1, 2).float()
+    psnr = 10 * torch.log10(1 / (recon - images).pow(2).mean())
+    assert psnr > 22, f"VAE PSNR {psnr:.1f} dB"  # 23.3 dB as shipped (the 8 px stripes are lost)
+    assert m.count_objects(recon) == [1, 1, 1, 1]
+
+
+def test_base_render_has_one_object_and_direct_4x_repeats_it(host):
+    m, _ = metrics(host)
+    result = host.run(graph(DIRECT_4X))
+    base = m.count_objects(saved_images(host, result, "base_save"))
+    direct = m.count_objects(saved_images(host, result, "direct_save"))
+    assert base.count(1) >= SAMPLES - 1, base
+    assert np.mean(direct) >= 2 and direct.count(1) <= SAMPLES // 4, direct
+
+
+@pytest.mark.parametrize("method", ["pixelsmith", "freescale"])
+def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, method):
+    m, _ = metrics(host)
+    if method == "pixelsmith":
+        common = {"model": ["model", 0], "vae": ["model", 1], "positive": ["prompt", 0], "negative": ["prompt", 1],
+                  "scale_by": 2.0, "target_width": 0, "target_height": 0, "seed": 11, "steps": 20, "cfg": 4.0,
+                  "patch_size": 16, "band": 2, "mode": "fast", "patch_batch": 0, "crop_conditioning": "fixed",
+                  "state_device": "auto"}
+        tail = {
+            "s1": {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(common, latent=["base", 0], slider=16, decode_image=False)},
+            "s2": {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(common, latent=["s1", 0], slider=18, decode_image=True)},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["s2", 1], "filename_prefix": "demo_ps"}},
+        }
+    else:
+        tail = {
+            "fs": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": {
+                "model": ["model", 0], "vae": ["model", 1], "positive": ["prompt", 0], "negative": ["prompt", 1],
+                "latent": ["base", 0], "resolutions": "256, 512", "seed": 11, "steps": 20, "cfg": 4.0,
+                "cosine_scale": 2.0, "cosine_scale_bg": 1.0, "fast_mode": False, "dilation": True, "freeu": True}},
+            "img": {"class_type": "VAEDecode", "inputs": {"samples": ["fs", 0], "vae": ["model", 1]}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["img", 0], "filename_prefix": "demo_fs"}},
+        }
+    result = host.run(graph({**DIRECT_4X, **tail}))
+    images = saved_images(host, result, "save")
+    assert images.shape[-2:] == (512, 512)
+    counts = m.count_objects(images)
+    direct = m.count_objects(saved_images(host, result, "direct_save"))
+    assert counts.count(1) >= direct.count(1) + SAMPLES // 2, (counts, direct)
+    assert np.median(counts) < np.median(direct) / 2, (counts, direct)
+
+
+def test_shipped_demo_workflow_renders_every_image(host):
+    path = PACK_ROOT / "workflows" / "ultrares_demo_cpu_512.json"
+    prompt = load_prompt(path, host)
+    result = host.run(prompt)
+    sizes = {}
+    for node_id, node in prompt.items():
+        if node["class_type"] == "SaveImage":
+            sizes[node["inputs"]["filename_prefix"].split("/")[-1]] = \
+                tuple(saved_images(host, result, node_id).shape[-2:])
+    assert sizes == {"0_base_128": (128, 128), "1_direct_512": (512, 512), "2_pixelsmith_256": (256, 256),
+                     "3_pixelsmith_512": (512, 512), "4_freescale_256": (256, 256), "5_freescale_512": (512, 512)}
