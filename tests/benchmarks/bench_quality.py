@@ -89,13 +89,6 @@ def method_nodes(method: str, scale: int, samples: int, seed: int, steps: int, c
     }
 
 
-def load_images(host, result, node: str) -> torch.Tensor:
-    files = result.outputs[node]["images"]
-    arrays = [np.asarray(Image.open(host.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
-              for f in files]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-
-
 def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
     """Two panels: % images with exactly one object, and texture distance, per method and scale."""
     colours = [(90, 90, 90), (170, 170, 170), (214, 96, 77), (244, 165, 130), (67, 147, 195), (146, 197, 222)]
@@ -171,7 +164,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     base_result = host.run(graph)
     base_s = time.perf_counter() - start
-    base = load_images(host, base_result, "base_save")
+    base = host.saved_images(base_result, "base_save")
     counts = metrics.count_objects(base)
     print(f"base {NATIVE}²: {args.samples} samples in {base_s:.1f} s; objects mean {np.mean(counts):.2f}, "
           f"exactly one {100 * np.mean(np.array(counts) == 1):.0f} %", flush=True)
@@ -189,7 +182,7 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 result = host.run({**graph, **nodes})
                 wall = time.perf_counter() - start
-            images = load_images(host, result, "save")
+            images = host.saved_images(result, "save")
             found = np.array(metrics.count_objects(images))
             row = {"scale": scale, "method": method, "objects": float(found.mean()),
                    "one_pct": float(100 * (found == 1).mean()),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from comfy_host import PACK_ROOT
 from run_workflow import load_prompt
@@ -22,13 +21,6 @@ def metrics(host):
 
     pack = host.module_of("UltraRes_DemoModel").__name__.rsplit(".nodes.", 1)[0]
     return importlib.import_module(f"{pack}.demo.metrics"), importlib.import_module(f"{pack}.demo.data")
-
-
-def saved_images(host, result, node: str) -> torch.Tensor:
-    files = result.outputs[node]["images"]
-    arrays = [np.asarray(Image.open(host.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
-              for f in files]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
 def graph(tail: dict, batch: int = SAMPLES, seed: int = 11, steps: int = 20) -> dict:
@@ -92,8 +84,8 @@ def test_shipped_weights_load_as_comfyui_models(host):
 def test_base_render_has_one_object_and_direct_4x_repeats_it(host):
     m, _ = metrics(host)
     result = host.run(graph(DIRECT_4X))
-    base = m.count_objects(saved_images(host, result, "base_save"))
-    direct = m.count_objects(saved_images(host, result, "direct_save"))
+    base = m.count_objects(host.saved_images(result, "base_save"))
+    direct = m.count_objects(host.saved_images(result, "direct_save"))
     assert base.count(1) >= SAMPLES - 1, base
     assert np.mean(direct) >= 2 and direct.count(1) <= SAMPLES // 4, direct
 
@@ -121,10 +113,10 @@ def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, met
             "save": {"class_type": "SaveImage", "inputs": {"images": ["img", 0], "filename_prefix": "demo_fs"}},
         }
     result = host.run(graph({**DIRECT_4X, **tail}))
-    images = saved_images(host, result, "save")
+    images = host.saved_images(result, "save")
     assert images.shape[-2:] == (512, 512)
     counts = m.count_objects(images)
-    direct = m.count_objects(saved_images(host, result, "direct_save"))
+    direct = m.count_objects(host.saved_images(result, "direct_save"))
     assert counts.count(1) >= direct.count(1) + SAMPLES // 2, (counts, direct)
     assert np.median(counts) < np.median(direct) / 2, (counts, direct)
 
@@ -137,6 +129,6 @@ def test_shipped_demo_workflow_renders_every_image(host):
     for node_id, node in prompt.items():
         if node["class_type"] == "SaveImage":
             sizes[node["inputs"]["filename_prefix"].split("/")[-1]] = \
-                tuple(saved_images(host, result, node_id).shape[-2:])
+                tuple(host.saved_images(result, node_id).shape[-2:])
     assert sizes == {"0_base_128": (128, 128), "1_direct_512": (512, 512), "2_pixelsmith_256": (256, 256),
                      "3_pixelsmith_512": (512, 512), "4_freescale_256": (256, 256), "5_freescale_512": (512, 512)}

@@ -164,6 +164,16 @@ class ComfyHost:
         return RunResult(prompt_id, dict(self.executor.history_result.get("outputs", {})),
                          executed, cached, messages)
 
+    def saved_images(self, result: RunResult, node_id: str):
+        """The images a Save Image node wrote in ``result``, read back as a [B, 3, H, W] tensor in [0, 1]."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        arrays = [np.asarray(Image.open(self.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
+                  for f in result.outputs[node_id]["images"]]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
 
 def format_validation_error(error: dict, node_errors: dict, prompt: dict) -> str:
     lines = [f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": ")]
