@@ -32,62 +32,8 @@ from PIL import Image, ImageDraw
 
 from bench_common import ROOT, Meter
 
-NATIVE = 128
-METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast")
-
-
-def base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str) -> dict:
-    return {
-        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
-        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": NATIVE, "height": NATIVE, "batch_size": samples}},
-        "base": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1], "latent_image": ["empty", 0],
-            "seed": seed, "steps": steps, "cfg": cfg,
-            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
-        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "base"}},
-    }
-
-
-def method_nodes(method: str, scale: int, samples: int, seed: int, steps: int, cfg: float,
-                 sliders: tuple[float, float]) -> dict:
-    """Nodes computing ``method`` at ``scale``; the final IMAGE is node ``out`` slot 0."""
-    side = NATIVE * scale
-    common = {"model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
-              "seed": seed, "steps": steps, "cfg": cfg}
-    if method == "direct":
-        return {
-            "d_empty": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": samples}},
-            "d_sample": {"class_type": "KSampler", "inputs": {
-                "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
-                "latent_image": ["d_empty", 0], "seed": seed, "steps": steps, "cfg": cfg,
-                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-            "out": {"class_type": "VAEDecode", "inputs": {"samples": ["d_sample", 0], "vae": ["model", 1]}},
-        }
-    if method == "lanczos":
-        return {"out": {"class_type": "ImageScale", "inputs": {
-            "image": ["base_image", 0], "upscale_method": "lanczos", "width": side, "height": side, "crop": "disabled"}}}
-    if method.startswith("pixelsmith"):
-        nodes, source = {}, ["base", 0]
-        stages = int(np.log2(scale))
-        for i in range(stages):
-            nodes[f"ps{i}"] = {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(
-                common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
-                slider=round(steps * sliders[min(i, 1)]), patch_size=NATIVE // 8, band=2,
-                mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
-                decode_image=i == stages - 1)}
-            source = [f"ps{i}", 0]
-        nodes["out"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["model", 1]}}
-        return nodes
-    sizes = ", ".join(str(NATIVE * 2 ** (i + 1)) for i in range(int(np.log2(scale))))
-    return {
-        "fs": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
-            common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=2.0,
-            cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True)},
-        "out": {"class_type": "VAEDecode", "inputs": {"samples": ["fs", 0], "vae": ["model", 1]}},
-    }
-
+sys.path.insert(0, str(ROOT / "tests" / "comfy"))
+from graphs import DEMO_METHODS as METHODS, DEMO_NATIVE as NATIVE, demo_base_graph, demo_method_graph  # noqa: E402
 
 def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
     """Two panels: % images with exactly one object, and texture distance, per method and scale."""
@@ -160,7 +106,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(12345)
     reference = metrics.texture_features(render(random_classes(256, g), g))
-    graph = base_graph(args.samples, args.seed, args.steps, args.cfg, args.object)
+    graph = demo_base_graph(args.samples, args.seed, args.steps, args.cfg, args.object)
     start = time.perf_counter()
     base_result = host.run(graph)
     base_s = time.perf_counter() - start
@@ -175,14 +121,12 @@ def main(argv=None) -> int:
     for scale in args.scales:
         grid = {"base": base[0]}
         for method in args.methods:
-            nodes = method_nodes(method, scale, args.samples, args.seed, args.steps, args.cfg, args.slider)
-            nodes["save"] = {"class_type": "SaveImage", "inputs": {"images": ["out", 0],
-                                                                  "filename_prefix": f"{method}_{scale}x"}}
+            nodes = demo_method_graph(method, scale, args.samples, args.seed, args.steps, args.cfg, args.slider)
             with Meter(cuda=False) as meter:
                 start = time.perf_counter()
                 result = host.run({**graph, **nodes})
                 wall = time.perf_counter() - start
-            images = host.saved_images(result, "save")
+            images = host.saved_images(result, f"{method}.save")
             found = np.array(metrics.count_objects(images))
             row = {"scale": scale, "method": method, "objects": float(found.mean()),
                    "one_pct": float(100 * (found == 1).mean()),

@@ -32,3 +32,72 @@ def txt2img(kind: str = "sdxl", seed: int = 1, size: int = 64, steps: int = 3, m
     ids = {"ckpt": ckpt.id, "ksampler": ks.id, "decode": dec.id, "save": save.id,
            "patch": patch.id if patch else None}
     return g.finalize(), ids
+
+
+# The embedded demo model (native size 128 px), shared by tests/comfy/test_demo_model.py and
+# tests/benchmarks/bench_quality.py.
+DEMO_NATIVE = 128
+DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast")
+
+
+def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str) -> dict:
+    """Demo model + prompt -> ``samples`` base images at 128² (latent ``base``, images saved by ``base_save``)."""
+    return {
+        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
+        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}},
+        "empty": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": DEMO_NATIVE, "height": DEMO_NATIVE, "batch_size": samples}},
+        "base": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1], "latent_image": ["empty", 0],
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
+        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "base"}},
+    }
+
+
+def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: int, cfg: float,
+                      sliders: tuple[float, float] = (0.8, 0.9)) -> dict:
+    """Nodes (ids prefixed ``<method>.``) taking the base of :func:`demo_base_graph` to ``scale`` ×
+    its side with ``method``; the images are saved by node ``<method>.save``.
+
+    Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
+    stage, ``sliders[1]`` on later ones; patch = the native 16 latent px); FreeScale Upscale goes
+    through every ×2 size.
+    """
+    side, stages = DEMO_NATIVE * scale, scale.bit_length() - 1
+    m = f"{method}."
+    common = {"model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+              "seed": seed, "steps": steps, "cfg": cfg}
+    if method == "direct":
+        nodes = {
+            m + "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": samples}},
+            m + "sample": {"class_type": "KSampler", "inputs": dict(
+                common, latent_image=[m + "empty", 0], sampler_name="euler", scheduler="normal", denoise=1.0)},
+            m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "sample", 0], "vae": ["model", 1]}},
+        }
+        image = [m + "image", 0]
+    elif method == "lanczos":
+        nodes = {m + "image": {"class_type": "ImageScale", "inputs": {
+            "image": ["base_image", 0], "upscale_method": "lanczos", "width": side, "height": side, "crop": "disabled"}}}
+        image = [m + "image", 0]
+    elif method.startswith("pixelsmith"):
+        nodes, source = {}, ["base", 0]
+        for i in range(stages):
+            nodes[f"{m}stage{i}"] = {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(
+                common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
+                slider=round(steps * sliders[min(i, 1)]), patch_size=DEMO_NATIVE // 8, band=2,
+                mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
+                decode_image=i == stages - 1)}
+            source = [f"{m}stage{i}", 0]
+        image = [f"{m}stage{stages - 1}", 1]  # the last stage's decoded IMAGE
+    else:
+        sizes = ", ".join(str(DEMO_NATIVE * 2 ** (i + 1)) for i in range(stages))
+        nodes = {
+            m + "upscale": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
+                common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=2.0,
+                cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True)},
+            m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "upscale", 0], "vae": ["model", 1]}},
+        }
+        image = [m + "image", 0]
+    nodes[m + "save"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": f"{method}_{scale}x"}}
+    return nodes

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from comfy_host import PACK_ROOT
+from graphs import demo_base_graph, demo_method_graph
 from run_workflow import load_prompt
 
 SAMPLES = 8
@@ -23,30 +24,12 @@ def metrics(host):
     return importlib.import_module(f"{pack}.demo.metrics"), importlib.import_module(f"{pack}.demo.data")
 
 
-def graph(tail: dict, batch: int = SAMPLES, seed: int = 11, steps: int = 20) -> dict:
-    base = {
-        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
-        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": "blue square"}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": batch}},
-        "base": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
-            "latent_image": ["empty", 0], "seed": seed, "steps": steps, "cfg": 4.0,
-            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
-        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "demo_base"}},
-    }
-    return {**base, **tail}
-
-
-DIRECT_4X = {
-    "big_empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": SAMPLES}},
-    "direct": {"class_type": "KSampler", "inputs": {
-        "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
-        "latent_image": ["big_empty", 0], "seed": 11, "steps": 20, "cfg": 4.0,
-        "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-    "direct_image": {"class_type": "VAEDecode", "inputs": {"samples": ["direct", 0], "vae": ["model", 1]}},
-    "direct_save": {"class_type": "SaveImage", "inputs": {"images": ["direct_image", 0], "filename_prefix": "demo_direct"}},
-}
+def graph(*methods: str) -> dict:
+    """Base batch of blue squares (seed 11, 20 steps, cfg 4) plus ``methods`` at 4× the side."""
+    nodes = demo_base_graph(SAMPLES, 11, 20, 4.0, "blue square")
+    for method in methods:
+        nodes.update(demo_method_graph(method, 4, SAMPLES, 11, 20, 4.0))
+    return nodes
 
 
 def test_shipped_weights_load_as_comfyui_models(host):
@@ -83,40 +66,21 @@ def test_shipped_weights_load_as_comfyui_models(host):
 
 def test_base_render_has_one_object_and_direct_4x_repeats_it(host):
     m, _ = metrics(host)
-    result = host.run(graph(DIRECT_4X))
+    result = host.run(graph("direct"))
     base = m.count_objects(host.saved_images(result, "base_save"))
-    direct = m.count_objects(host.saved_images(result, "direct_save"))
+    direct = m.count_objects(host.saved_images(result, "direct.save"))
     assert base.count(1) >= SAMPLES - 1, base
     assert np.mean(direct) >= 2 and direct.count(1) <= SAMPLES // 4, direct
 
 
-@pytest.mark.parametrize("method", ["pixelsmith", "freescale"])
+@pytest.mark.parametrize("method", ["pixelsmith-fast", "freescale-normal"])
 def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, method):
     m, _ = metrics(host)
-    if method == "pixelsmith":
-        common = {"model": ["model", 0], "vae": ["model", 1], "positive": ["prompt", 0], "negative": ["prompt", 1],
-                  "scale_by": 2.0, "target_width": 0, "target_height": 0, "seed": 11, "steps": 20, "cfg": 4.0,
-                  "patch_size": 16, "band": 2, "mode": "fast", "patch_batch": 0, "crop_conditioning": "fixed",
-                  "state_device": "auto"}
-        tail = {
-            "s1": {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(common, latent=["base", 0], slider=16, decode_image=False)},
-            "s2": {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(common, latent=["s1", 0], slider=18, decode_image=True)},
-            "save": {"class_type": "SaveImage", "inputs": {"images": ["s2", 1], "filename_prefix": "demo_ps"}},
-        }
-    else:
-        tail = {
-            "fs": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": {
-                "model": ["model", 0], "vae": ["model", 1], "positive": ["prompt", 0], "negative": ["prompt", 1],
-                "latent": ["base", 0], "resolutions": "256, 512", "seed": 11, "steps": 20, "cfg": 4.0,
-                "cosine_scale": 2.0, "cosine_scale_bg": 1.0, "fast_mode": False, "dilation": True, "freeu": True}},
-            "img": {"class_type": "VAEDecode", "inputs": {"samples": ["fs", 0], "vae": ["model", 1]}},
-            "save": {"class_type": "SaveImage", "inputs": {"images": ["img", 0], "filename_prefix": "demo_fs"}},
-        }
-    result = host.run(graph({**DIRECT_4X, **tail}))
-    images = host.saved_images(result, "save")
+    result = host.run(graph("direct", method))
+    images = host.saved_images(result, f"{method}.save")
     assert images.shape[-2:] == (512, 512)
     counts = m.count_objects(images)
-    direct = m.count_objects(host.saved_images(result, "direct_save"))
+    direct = m.count_objects(host.saved_images(result, "direct.save"))
     assert counts.count(1) >= direct.count(1) + SAMPLES // 2, (counts, direct)
     assert np.median(counts) < np.median(direct) / 2, (counts, direct)
 
