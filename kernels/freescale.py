@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from kornia.filters import get_gaussian_kernel1d
 
+from . import tiling
+
 AttnFn = Callable[[torch.Tensor], torch.Tensor]
 """Self-attention callable ``(B', N', C) -> (B', N', C_out)`` (incl. output projection)."""
 
@@ -30,23 +32,6 @@ BASE_PX: int = 1024
 """Base window in image px for SDXL (128 latent px). The turbo variant uses 512 (§2.5)."""
 
 NUM_TRAIN_TIMESTEPS: int = 1000
-
-DILATE_TAU: int = 35
-"""Steps with absolute index ``i < DILATE_TAU`` (of 50) use restrained dilation (§2.4)."""
-
-RESTRAINED_DILATION_LAYERS: tuple[str, ...] = (
-    # ComfyUI SDXL UNet module names of the dilated 3×3 convs (§2.4); no up-block layers.
-    "input_blocks.6.0.op",
-    "input_blocks.7.0.in_layers.2",
-    "input_blocks.7.0.out_layers.3",
-    "input_blocks.8.0.in_layers.2",
-    "input_blocks.8.0.out_layers.3",
-    "middle_block.0.in_layers.2",
-    "middle_block.0.out_layers.3",
-    "middle_block.2.in_layers.2",
-    "middle_block.2.out_layers.3",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Scale numbers, window layout ("views")
@@ -105,15 +90,6 @@ def window_size(h: int, w: int, H_px: int, W_px: int, base_px: int = BASE_PX) ->
     return max(1, min(h, h // n)), max(1, min(w, w // n))
 
 
-def _axis_starts(L: int, win: int, stride: int) -> list[int]:
-    """Window starts along one axis: ``k·stride``, last shifted back to end at ``L`` (spec §2.5)."""
-    if L <= win:
-        return [0]
-    # Official count: int((L − win)/stride − 1e-6) + 2  ==  ceil((L − win)/stride) + 1.
-    count = -(-(L - win) // stride) + 1
-    return [min(k * stride, L - win) for k in range(count)]
-
-
 def _jitter_bounds(start: int, win: int, L: int, r: int) -> tuple[int, int]:
     """Jitter range for one window: first ``[−r, 0]``, interior ``[−r, r]``, last ``[0, r]``."""
     first, last = start == 0, start + win == L
@@ -147,8 +123,8 @@ def get_views(
     win_h, win_w = window_size(h, w, H_px, W_px, base_px)
     stride_h, stride_w = max(1, win_h // 2), max(1, win_w // 2)
     r_h, r_w = win_h // 8, win_w // 8
-    starts_h = _axis_starts(h, win_h, stride_h)
-    starts_w = _axis_starts(w, win_w, stride_w)
+    starts_h = tiling.starts(h, win_h, stride_h)
+    starts_w = tiling.starts(w, win_w, stride_w)
     grid = [(hs, ws) for hs in starts_h for ws in starts_w]  # row-major
 
     bounds = torch.tensor(
@@ -345,11 +321,6 @@ def dilation_factor(W_px: int, base_px: int = BASE_PX) -> int:
     return max(1, int(W_px) // base_px)
 
 
-def is_dilated_step(i: int, dilate_tau: int = DILATE_TAU) -> bool:
-    """True when absolute step index ``i < dilate_tau`` (steps 15–34 of 50 with restart 15), §2.4."""
-    return int(i) < int(dilate_tau)
-
-
 def restart_step(steps: int, fraction: float = 0.3) -> int:
     """First step of an upscaling stage, ``int(fraction·steps)`` (15 of 50; turbo 0.5), §2.2."""
     return int(fraction * steps)
@@ -461,44 +432,46 @@ def upsample_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.movedim(1, -1)
 
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``denoise(x, σ) -> x0`` prediction in k-space (ComfyUI's model wrapper)."""
-
-
-def self_cascade_sample(
-    denoise: Denoiser,
+@torch.no_grad()
+def sample_self_cascade(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+    disable: bool | None = None,
+    *,
     x_up: torch.Tensor,
     noise: torch.Tensor,
-    sigmas: torch.Tensor,
     timesteps: list[float],
     restart_index: int,
     exponent: float | torch.Tensor,
-    *,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    before_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024) spec §2.2 items 3–6.
+    """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024) §3.3, Eq. (5).
 
-    Starts at step ``r = restart_index`` from ``N_r = x_up + σ_r·n`` and for every step
-    ``i ≥ r`` applies the skip residual ``x ← (1 − c1)·x + c1·(x_up + σ_i·n)`` with
-    ``c1 = c(t_i)^exponent`` (``exponent`` a scalar or a per-pixel ``(B|1, 1, H, W)`` tensor from
-    :func:`region_exponent`), then one Euler step (= DDIM η = 0 in k-space, spec §0).
+    A k-diffusion sampler (``model(x, σ·s_in, **extra_args) -> x0``, callback dict with ``x``,
+    ``i``, ``sigma``, ``sigma_hat``, ``denoised``), as ``pipeline_freescale.py`` of
+    ali-vilab/FreeScale@d5a2256 runs it: starts at step ``r = restart_index`` from
+    ``N_r = x_up + σ_r·n`` (so ``x``, the noised start a sampler is normally given, is not used)
+    and for every step ``i ≥ r`` applies the skip residual ``x ← (1 − c1)·x + c1·(x_up + σ_i·n)``
+    with ``c1 = c(t_i)^exponent`` (``exponent`` a scalar or a per-pixel ``(B|1, 1, H, W)`` tensor
+    from :func:`region_exponent`), then one Euler step (= DDIM η = 0 in k-space).
     ``x_up``/``noise`` ``(B, C, H, W)`` in k-space; ``sigmas`` ``(S + 1,)`` the full schedule;
-    ``timesteps[i]`` = ``t(σ_i)`` on the 0..999 scale. ``callback(i, denoised, x)`` after each
-    step, ``before_step(i)`` before it (interrupt checks). Returns ``x`` after the last step.
+    ``timesteps[i]`` = ``t(σ_i)`` on the 0..999 scale. A callback that raises stops the run.
+    Returns ``x`` after the last step.
     """
+    extra_args = {} if extra_args is None else extra_args
     steps = len(sigmas) - 1
     if not 0 <= restart_index < steps:
         raise ValueError(f"restart index {restart_index} outside the {steps}-step schedule")
+    s_in = x_up.new_ones([x_up.shape[0]])
     x = x_up + sigmas[restart_index] * noise
     for i in range(restart_index, steps):
-        if before_step is not None:
-            before_step(i)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         c1 = skip_residual_weight(float(timesteps[i]), exponent)
         x = skip_residual(x, x_up + sigma * noise, c1 if isinstance(c1, torch.Tensor) else float(c1))
-        denoised = denoise(x, sigma)
+        denoised = model(x, sigma * s_in, **extra_args)
         x = x + (x - denoised) / sigma * (sigma_next - sigma)  # Euler; σ_next = 0 gives x = denoised
         if callback is not None:
-            callback(i, denoised, x)
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
     return x

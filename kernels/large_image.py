@@ -1,12 +1,10 @@
-"""Tiled decoding geometry and streamed image writers for images larger than RAM (pure Python/torch).
+"""Streamed image writers for images larger than RAM (pure Python/torch).
 
-Used by the Pixelsmith gigapixel path (spec §1.9: the official code decodes 64-latent tiles and
-assembles the image in CPU RAM; here rows are written to disk as soon as no later tile touches
-them, so RAM stays bounded by one band of tiles).
+Used by the Pixelsmith gigapixel path. The official code (Thanos-DB/Pixelsmith@28c992b
+``autoencoder_kl.py``) decodes 64-latent tiles and assembles the image in CPU RAM; here rows are
+written to disk as soon as no later tile touches them, so RAM stays bounded by one band of tiles
+(tile placement and blending: ``kernels/tiling.py``).
 
-* :func:`tile_starts` / :func:`axis_weights` / :func:`tile_weights`: where the tiles go and how
-  overlapping decoded tiles are blended (separable linear ramps, normalised by the weight sum, so
-  the blend is a partition of unity for any tile/overlap).
 * :class:`PngStreamWriter`: 8-bit RGB PNG written row by row with ``zlib`` (filter type 0).
 * :class:`BigTiffStreamWriter`: 8-bit RGB BigTIFF, strips, uncompressed or Adobe deflate, written
   sequentially; the IFD goes at the end and the header is patched when the image is complete.
@@ -19,58 +17,6 @@ import zlib
 from typing import BinaryIO
 
 import torch
-
-# --------------------------------------------------------------------------------------------- #
-# Tile geometry and blend weights
-# --------------------------------------------------------------------------------------------- #
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap``.
-
-    The stride is ``tile - overlap``; the last tile is aligned to the end, so every tile lies
-    inside and the overlap with the previous one is ``>= overlap``. A ``length <= tile`` gives
-    one tile (of size ``length``).
-    """
-    if tile < 1 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"tile_starts: need tile >= 1 and 0 <= overlap < tile, got {tile}, {overlap}")
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def axis_weights(start: int, size: int, length: int, ramp: int) -> torch.Tensor:
-    """1-D blend weight of a tile ``[start, start + size)`` on an axis of ``length`` px.
-
-    Linear ramps ``(i + 0.5) / ramp`` over the first and last ``ramp`` px, except at the image
-    border (weight 1 there, so edges are not darkened); 1 in between. Strictly positive.
-    Returns float32 ``(size,)``.
-    """
-    w = torch.ones(size, dtype=torch.float32)
-    r = min(ramp, size // 2)
-    if r > 0:
-        ramp_up = (torch.arange(r, dtype=torch.float32) + 0.5) / r  # (r,)
-        if start > 0:
-            w[:r] = torch.minimum(w[:r], ramp_up)
-        if start + size < length:
-            w[size - r:] = torch.minimum(w[size - r:], ramp_up.flip(0))
-    return w
-
-
-def tile_weights(top: int, left: int, h: int, w: int, full_hw: tuple[int, int], ramp: int) -> torch.Tensor:
-    """Separable 2-D blend weight ``(h, w)`` of a tile at ``(top, left)`` in an image ``full_hw``."""
-    wy = axis_weights(top, h, full_hw[0], ramp)
-    wx = axis_weights(left, w, full_hw[1], ramp)
-    return wy[:, None] * wx[None, :]
-
-
-# --------------------------------------------------------------------------------------------- #
-# Streamed writers
-# --------------------------------------------------------------------------------------------- #
-
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF

@@ -6,27 +6,15 @@ sampler that chains them is ``kernels/pixelsmith.py``; spec = ``docs/algorithms.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .tiling import PatchBox, starts
+
 # Candidates drawn per rejection-sampling attempt when picking a patch centre (`select_patches`).
 _REJECTION_DRAWS = 256
-
-
-class PatchBox(NamedTuple):
-    """Patch window R in latent px: rows ``[top, top + height)``, cols ``[left, left + width)``."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """``(rows, cols)`` slices for the last two dims of a latent: ``x[..., *box.slices]``."""
-        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -248,11 +236,6 @@ def select_patches(
     return boxes
 
 
-def _grid_starts(length: int, size: int, offset: int) -> list[int]:
-    """Window starts covering ``[0, length)``: a grid shifted by ``offset``, ends clamped inside."""
-    return sorted({0, *range(offset, length - size, size), max(length - size, 0)})
-
-
 def round_grid(
     latent_hw: tuple[int, int],
     patch_hw: tuple[int, int],
@@ -276,7 +259,7 @@ def round_grid(
         return int(torch.randint(1, p, (1,), generator=generator, device=dev)) if shifted and p > 1 else 0
 
     oy, ox = offset(ph), offset(pw)
-    boxes = [PatchBox(t, l, ph, pw) for t in _grid_starts(H, ph, oy) for l in _grid_starts(W, pw, ox)]
+    boxes = [PatchBox(t, l, ph, pw) for t in starts(H, ph, ph, oy) for l in starts(W, pw, pw, ox)]
     order = torch.randperm(len(boxes), generator=generator, device=dev).tolist()
     return [boxes[i] for i in order]
 

@@ -14,19 +14,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from comfy_api.latest import io
 
+import comfy.model_management
 import comfy.samplers
+import comfy_extras.nodes_freelunch as freelunch
 
 from ..kernels import freescale
+from . import _stage as stage
 from .freescale_dilation import apply_restrained_dilation
 from .freescale_fusion import apply_scale_fusion
 
-FREEU_PAPER = {"b1": 1.1, "b2": 1.2, "s1": 0.6, "s2": 0.4}  # FreeScale run_freescale.py (spec §2.2)
-TILE_ABOVE_PX = 2048 * 2048  # VAE decode/encode tiled above this many image pixels
-SCHEDULER = "ddim_uniform"   # = SDXL "leading" timesteps (spec §0)
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.samplers import KSamplerX0Inpaint
+    from comfy.sd import VAE
+
+log = logging.getLogger(__name__)
+
+FREEU_PAPER = {"b1": 1.1, "b2": 1.2, "s1": 0.6, "s2": 0.4}  # ali-vilab/FreeScale@d5a2256 run_freescale.py
+# VAE decode/encode between stages: tiled above 2048² image px, with 128-latent decode tiles and
+# 1024-px encode tiles.
+TILING = stage.Tiling(decode_above_px=2048 * 2048, encode_above_px=2048 * 2048,
+                      decode_tiles={"tile_x": 128, "tile_y": 128, "overlap": 16},
+                      encode_tiles={"tile_x": 1024, "tile_y": 1024, "overlap": 128})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,57 +51,37 @@ class SelfCascadeConfig:
     mask: torch.Tensor | None  # (B, H, W) MASK at any resolution, or None
 
 
-class SelfCascadeSampler(comfy.samplers.Sampler):
-    """FreeScale upscaling stage as a ComfyUI sampler.
+def self_cascade_function(model: KSamplerX0Inpaint, x: torch.Tensor, sigmas: torch.Tensor,
+                          extra_args: dict | None = None, callback: Callable[[dict], None] | None = None,
+                          disable: bool | None = None, *, config: SelfCascadeConfig) -> torch.Tensor:
+    """The self-cascade as a k-diffusion sampler function for ComfyUI's ``KSAMPLER``.
 
-    ``latent_image`` is the upsampled latent ``x_up`` and ``noise`` the stage noise ``n`` (as
-    SamplerCustomAdvanced and ``CFGGuider.sample`` pass them); ``sigmas`` the full schedule
-    (spec: 50-step ``ddim_uniform``). Steps before ``int(restart_percent·steps)`` are skipped.
+    ``KSAMPLER`` hands it the upsampled latent ``x_up`` as ``model.latent_image`` and the stage
+    noise ``n`` as ``model.noise`` (as SamplerCustomAdvanced and ``CFGGuider.sample`` pass them);
+    ``sigmas`` is the full schedule (50-step ``ddim_uniform`` in the paper). Steps before
+    ``int(restart_percent·steps)`` are skipped.
     """
+    x_up, noise = model.latent_image, model.noise
+    steps = len(sigmas) - 1
+    restart = freescale.restart_step(steps, config.restart_percent)
+    if x_up is None:
+        raise ValueError("FreeScale Self-Cascade needs the upsampled latent as latent_image.")
+    if not 0 <= restart < steps:
+        raise ValueError(f"restart_percent {config.restart_percent} leaves no step of the {steps}-step schedule.")
+    model_sampling = model.inner_model.inner_model.model_sampling
+    timesteps = [float(model_sampling.timestep(s.reshape(1))) for s in sigmas[:-1]]
+    if config.mask is not None:
+        exponent = freescale.region_exponent(config.mask.to(x_up.device), x_up.shape[-2:], config.cosine_scale,
+                                             config.cosine_scale_bg, x_up.shape[0]).to(x_up.device)
+    else:
+        exponent = float(config.cosine_scale)
+    return freescale.sample_self_cascade(model, x, sigmas, extra_args, callback, disable, x_up=x_up, noise=noise,
+                                         timesteps=timesteps, restart_index=restart, exponent=exponent)
 
-    def __init__(self, config: SelfCascadeConfig):
-        self.config = config
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
-               denoise_mask=None, disable_pbar=False):
-        import comfy.model_management
-
-        cfg = self.config
-        steps = len(sigmas) - 1
-        restart = freescale.restart_step(steps, cfg.restart_percent)
-        if latent_image is None:
-            raise ValueError("FreeScale Self-Cascade needs the upsampled latent as latent_image.")
-        if not 0 <= restart < steps:
-            raise ValueError(f"restart_percent {cfg.restart_percent} leaves no step of the {steps}-step schedule.")
-        model_sampling = model_wrap.inner_model.model_sampling
-        timesteps = [float(model_sampling.timestep(s.reshape(1))) for s in sigmas[:-1]]
-        if cfg.mask is not None:
-            exponent = freescale.region_exponent(cfg.mask.to(latent_image.device), latent_image.shape[-2:],
-                                                 cfg.cosine_scale, cfg.cosine_scale_bg, latent_image.shape[0])
-            exponent = exponent.to(latent_image.device)
-        else:
-            exponent = float(cfg.cosine_scale)
-
-        # Same wrapping as KSAMPLER, so a latent noise mask (inpainting) keeps working.
-        extra_args["denoise_mask"] = denoise_mask
-        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
-        model_k.latent_image = latent_image
-        model_k.noise = noise
-        s_in = latent_image.new_ones([latent_image.shape[0]])
-
-        def denoise(x, sigma):
-            return model_k(x, sigma * s_in, **extra_args)
-
-        def on_step(i, denoised, x):
-            if callback is not None:
-                callback(i, denoised, x, steps)
-
-        def before_step(i):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
-        x = freescale.self_cascade_sample(denoise, latent_image, noise, sigmas, timesteps, restart, exponent,
-                                          callback=on_step, before_step=before_step)
-        return model_sampling.inverse_noise_scaling(sigmas[-1], x)
+def self_cascade_sampler(config: SelfCascadeConfig) -> comfy.samplers.KSAMPLER:
+    """ComfyUI SAMPLER running the FreeScale self-cascade with ``config``."""
+    return comfy.samplers.KSAMPLER(self_cascade_function, extra_options={"config": config})
 
 
 COSINE_SCALE_TIP = ("Detail strength, paper cosine_scale (exponent of c(t) in c1 = c(t)^cosine_scale): larger = "
@@ -127,7 +121,7 @@ class FreeScaleSelfCascadeSampler(io.ComfyNode):
     def execute(cls, cosine_scale, restart_percent, cosine_scale_bg, mask=None) -> io.NodeOutput:
         config = SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), float(restart_percent),
                                    None if mask is None else mask.detach().clone())
-        return io.NodeOutput(SelfCascadeSampler(config))
+        return io.NodeOutput(self_cascade_sampler(config))
 
 
 def parse_resolutions(text: str, multiple: int) -> list[tuple[int, int]]:
@@ -147,46 +141,21 @@ def parse_resolutions(text: str, multiple: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def rgb_upsample(vae, samples: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Decode, bicubic-resize to ``size`` (H, W) px and re-encode (spec §2.2 item 2)."""
-    ratio = vae.spacial_compression_decode()
-    in_px = samples.shape[-2] * samples.shape[-1] * ratio * ratio
-    if in_px > TILE_ABOVE_PX:
-        image = vae.decode_tiled(samples, tile_x=128, tile_y=128, overlap=16)
-    else:
-        image = vae.decode(samples)
-    image = freescale.upsample_image(image[..., :3], size)
-    if size[0] * size[1] > TILE_ABOVE_PX:
-        return vae.encode_tiled(image, tile_x=1024, tile_y=1024, overlap=128)
-    return vae.encode(image)
-
-
-def has_freeu(model) -> bool:
-    import comfy_extras.nodes_freelunch as freelunch
-
+def has_freeu(model: ModelPatcher) -> bool:
+    """Does ``model`` already carry ComfyUI's FreeU output-block patch?"""
     patches = model.model_options.get("transformer_options", {}).get("patches", {})
     return any(getattr(p, "__module__", None) == freelunch.__name__ for p in patches.get("output_block_patch", []))
 
 
-def apply_freeu(model):
+def apply_freeu(model: ModelPatcher) -> ModelPatcher:
     """ComfyUI's own FreeU (v1) node patch with FreeScale's values; skipped if already present."""
-    import comfy_extras.nodes_freelunch as freelunch
-
     if has_freeu(model):
-        logging.info("FreeScale Upscale: the model already carries FreeU; not adding it twice.")
+        log.info("FreeScale Upscale: the model already carries FreeU; not adding it twice.")
         return model
     node = freelunch.FreeU
     if hasattr(node, "patch"):  # V1 node (ComfyUI 0.3.x)
         return node().patch(model, **FREEU_PAPER)[0]
     return node.execute(model, **FREEU_PAPER).result[0]  # V3 node
-
-
-def stage_noise(latent: dict, samples: torch.Tensor, seed: int) -> torch.Tensor:
-    """Stage noise ``n`` from an explicit generator; equals ComfyUI's RandomNoise for ``seed``."""
-    import comfy.sample
-
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return comfy.sample.prepare_noise_inner(samples, generator, latent.get("batch_index"))
 
 
 class FreeScaleUpscale(io.ComfyNode):
@@ -232,52 +201,36 @@ class FreeScaleUpscale(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, vae, positive, negative, latent, resolutions, seed, steps, cfg, cosine_scale,
-                cosine_scale_bg, fast_mode, dilation, freeu, mask=None) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
-        import latent_preview
-        from tqdm.auto import tqdm
-
+    def execute(cls, model: ModelPatcher, vae: VAE, positive: list, negative: list, latent: dict, resolutions: str,
+                seed: int, steps: int, cfg: float, cosine_scale: float, cosine_scale_bg: float, fast_mode: bool,
+                dilation: bool, freeu: bool, mask: torch.Tensor | None = None) -> io.NodeOutput:
         samples = latent["samples"]
         if samples.dim() != 4 or getattr(samples, "is_nested", False):
             raise ValueError(f"latent: expected an image latent (B, C, H, W), got shape {tuple(samples.shape)}.")
-        ratio = vae.spacial_compression_encode()
+        ratio = stage.latent_px(vae)
         sizes = parse_resolutions(resolutions, ratio)
         base_px = max(samples.shape[-2], samples.shape[-1]) * ratio  # native size: 1024 for the paper's stage 0
         restart = freescale.restart_step(steps)
 
-        stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px)
+        stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
+                                         latent_px=ratio)
         if dilation:
-            stage_model = apply_restrained_dilation(stage_model, base_px=base_px)
+            stage_model = apply_restrained_dilation(stage_model, base_px=base_px, latent_px=ratio)
         if freeu:
             stage_model = apply_freeu(stage_model)
-        sampler = SelfCascadeSampler(SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), 0.3,
-                                                       None if mask is None else mask.detach().clone()))
+        sampler = self_cascade_sampler(SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), 0.3,
+                                                         None if mask is None else mask.detach().clone()))
 
-        per_stage = steps - restart
-        total = per_stage * len(sizes)
-        pbar = comfy.utils.ProgressBar(total)
-        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
         x = samples
-        with tqdm(total=total, desc="FreeScale", unit="step") as console:
-            for stage, size in enumerate(sizes):
+        with stage.StageProgress(model, (steps - restart) * len(sizes), "FreeScale") as progress:
+            for k, size in enumerate(sizes):
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                x_up = rgb_upsample(vae, x, size)
-                stage_seed = (seed + stage) % 2**64
-                noise = stage_noise(latent, x_up, stage_seed)
-                sigmas = comfy.samplers.calculate_sigmas(stage_model.get_model_object("model_sampling"), SCHEDULER, steps)
-                guider = comfy.samplers.CFGGuider(stage_model)
-                guider.set_conds(positive, negative)
-                guider.set_cfg(cfg)
-
-                def callback(i, x0, x_i, total_steps, offset=stage * per_stage):
-                    done = offset + i - restart + 1
-                    preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-                    pbar.update_absolute(done, total, preview)
-                    console.update(done - console.n)
-                    console.set_postfix_str(f"stage {size[1]}x{size[0]}")
-
+                x_up = stage.reencode(vae, x, size, freescale.upsample_image, TILING)
+                stage_seed = (seed + k) % 2**64
+                noise = stage.noise_for(x_up, stage_seed, latent.get("batch_index"))
+                sigmas = stage.leading_sigmas(stage_model, steps)
+                callback = progress.callback(f"stage {size[1]}x{size[0]}", first_step=restart)
+                guider = stage.cfg_guider(stage_model, positive, negative, cfg)
                 x = guider.sample(noise, x_up, sampler, sigmas, callback=callback, disable_pbar=True, seed=stage_seed)
                 x = x.to(comfy.model_management.intermediate_device())
         out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask")}

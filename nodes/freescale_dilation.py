@@ -16,13 +16,20 @@ weights (``...op.inner.weight``) and ComfyUI would then skip LoRA patches on the
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from comfy_api.latest import io
 
-from ..kernels import freescale
+import comfy.patcher_extension
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock
 
-LATENT_TO_PX = 8  # SD1.x/SDXL VAE; the node refuses models that are not openaimodel UNets.
+from ..kernels import freescale
+from ._stage import model_latent_px
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+
 WRAPPER_KEY = "ultrares_freescale_dilation"
 
 
@@ -31,6 +38,7 @@ class DilationConfig:
     layers: tuple[str, ...]  # module names inside diffusion_model
     dilate_percent: float    # dilate_tau / steps (0.7 = 35 of 50)
     base_px: int             # d = target_width_px // base_px
+    latent_px: int           # image px per latent cell (the VAE's downscale)
 
 
 def _dilatable(layer: torch.nn.Module) -> bool:
@@ -44,11 +52,10 @@ def restrained_dilation_layers(diffusion_model: torch.nn.Module) -> list[str]:
     The stride-2 conv of the last ``Downsample`` (into the deepest level), ``in_layers``/
     ``out_layers`` convs of every res block after it in ``input_blocks``, and those of the
     middle block's res blocks. For SDXL this is exactly the official list
-    (``freescale.RESTRAINED_DILATION_LAYERS``); for SD1.x it is input_blocks.9.0.op, 10, 11 and the
-    middle block.
+    (``input_blocks.6.0.op``, the convs of ``input_blocks.7``/``8`` and of ``middle_block.0``/``2``,
+    ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py``); for SD1.x it is input_blocks.9.0.op,
+    10, 11 and the middle block.
     """
-    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock
-
     input_blocks = getattr(diffusion_model, "input_blocks", None)
     middle_block = getattr(diffusion_model, "middle_block", None)
     if input_blocks is None or middle_block is None:
@@ -95,9 +102,9 @@ class RestrainedDilation:
         if not active:
             return 1
         # Target size from the latent actually sampled (spec: width only, d = W_px // 1024).
-        return freescale.dilation_factor(int(x.shape[-1]) * LATENT_TO_PX, self.config.base_px)
+        return freescale.dilation_factor(int(x.shape[-1]) * self.config.latent_px, self.config.base_px)
 
-    def __call__(self, executor, *args, **kwargs):
+    def __call__(self, executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         topts = args[-1] if args and isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
         d = self.factor(args[0], topts)
         if d <= 1:
@@ -116,10 +123,12 @@ class RestrainedDilation:
                 conv.dilation, conv.padding = dilation, padding
 
 
-def apply_restrained_dilation(model, *, dilate_percent: float = 0.7, base_px: int = freescale.BASE_PX):
-    """A clone of ``model`` with restrained dilation; shared with the FreeScale Upscale node."""
-    import comfy.patcher_extension
+def apply_restrained_dilation(model: ModelPatcher, *, dilate_percent: float = 0.7, base_px: int = freescale.BASE_PX,
+                              latent_px: int | None = None) -> ModelPatcher:
+    """A clone of ``model`` with restrained dilation; shared with the FreeScale Upscale node.
 
+    ``latent_px`` (image px per latent cell) defaults to the model's latent format.
+    """
     if not 0.0 <= dilate_percent <= 1.0:
         raise ValueError(f"dilate_percent must be in [0, 1], got {dilate_percent}.")
     layers = restrained_dilation_layers(model.get_model_object("diffusion_model"))
@@ -128,7 +137,8 @@ def apply_restrained_dilation(model, *, dilate_percent: float = 0.7, base_px: in
             "model: FreeScale Restrained Dilation needs an SD1.x/SDXL-class UNet (input_blocks with a "
             f"strided-conv Downsample, middle_block); {type(model.get_model_object('diffusion_model')).__name__} is not one.")
     sampling = model.get_model_object("model_sampling")
-    wrapper = RestrainedDilation(DilationConfig(tuple(layers), float(dilate_percent), int(base_px)),
+    config = DilationConfig(tuple(layers), float(dilate_percent), int(base_px), int(latent_px or model_latent_px(model)))
+    wrapper = RestrainedDilation(config,
                                  float(sampling.percent_to_sigma(dilate_percent)))
     patched = model.clone()
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
@@ -161,7 +171,7 @@ class FreeScaleRestrainedDilation(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, dilate_percent, base_size) -> io.NodeOutput:
+    def execute(cls, model: ModelPatcher, dilate_percent: float, base_size: int) -> io.NodeOutput:
         return io.NodeOutput(apply_restrained_dilation(model, dilate_percent=dilate_percent, base_px=base_size))
 
 

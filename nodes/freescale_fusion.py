@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import torch
 from comfy_api.latest import io
 
 from ..kernels import freescale
+from ._stage import model_latent_px
 
-LATENT_TO_PX = 8  # SD1.x/SDXL VAE; the node refuses models that are not such UNets.
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ScaleFusionConfig:
     jitter: bool
     max_views_per_call: int | None
     base_px: int = freescale.BASE_PX  # native size of the model (window = base_px image px)
+    latent_px: int = 8                # image px per latent cell (the VAE's downscale)
 
 
 class ScaleFusionAttention(torch.nn.Module):
@@ -57,8 +61,10 @@ class ScaleFusionAttention(torch.nn.Module):
                 raise
             return getattr(self.__dict__["inner"], name)
 
-    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
-        cfg = self.config
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+        transformer_options = {} if transformer_options is None else transformer_options
+        config = self.config
         shape = transformer_options.get("activations_shape")
         original = transformer_options.get("original_shape")
         sigmas = transformer_options.get("sigmas")
@@ -67,19 +73,19 @@ class ScaleFusionAttention(torch.nn.Module):
             return self.inner(x, context=context, value=value, mask=mask, transformer_options=transformer_options)
         sigma = float(sigmas.max())
         h, w = int(shape[-2]), int(shape[-1])
-        if not (cfg.sigma_end <= sigma <= cfg.sigma_start) or h * w != x.shape[1]:
+        if not (config.sigma_end <= sigma <= config.sigma_start) or h * w != x.shape[1]:
             return self.inner(x, transformer_options=transformer_options)
 
         def attn(tokens: torch.Tensor) -> torch.Tensor:
             return self.inner(tokens, transformer_options=transformer_options)
 
-        target_hw = (int(original[-2]) * LATENT_TO_PX, int(original[-1]) * LATENT_TO_PX)
+        target_hw = (int(original[-2]) * config.latent_px, int(original[-1]) * config.latent_px)
         # Jitter is seeded per (seed, block, σ): reproducible runs, different windows per step.
-        step_seed = zlib.crc32(struct.pack("<qid", cfg.seed, self.block_key, sigma))
+        step_seed = zlib.crc32(struct.pack("<qid", config.seed, self.block_key, sigma))
         generator = torch.Generator().manual_seed(step_seed)
-        return freescale.scale_fusion(x, h, w, attn, target_hw, fast_mode=cfg.fast_mode,
-                                      generator=generator, jitter=cfg.jitter, base_px=cfg.base_px,
-                                      max_views_per_call=cfg.max_views_per_call)
+        return freescale.scale_fusion(x, h, w, attn, target_hw, fast_mode=config.fast_mode,
+                                      generator=generator, jitter=config.jitter, base_px=config.base_px,
+                                      max_views_per_call=config.max_views_per_call)
 
 
 def self_attention_modules(diffusion_model: torch.nn.Module) -> list[str]:
@@ -122,16 +128,19 @@ class FreeScaleScaleFusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, fast_mode, start_percent, end_percent, jitter_seed, jitter) -> io.NodeOutput:
+    def execute(cls, model: ModelPatcher, fast_mode: bool, start_percent: float, end_percent: float,
+                jitter_seed: int, jitter: bool) -> io.NodeOutput:
         return io.NodeOutput(apply_scale_fusion(model, fast_mode=fast_mode, start_percent=start_percent,
                                                 end_percent=end_percent, jitter_seed=jitter_seed, jitter=jitter))
 
 
-def apply_scale_fusion(model, *, fast_mode: bool, start_percent: float = 0.0, end_percent: float = 1.0,
-                       jitter_seed: int = 0, jitter: bool = True, base_px: int = freescale.BASE_PX):
+def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: float = 0.0,
+                       end_percent: float = 1.0, jitter_seed: int = 0, jitter: bool = True,
+                       base_px: int = freescale.BASE_PX, latent_px: int | None = None) -> ModelPatcher:
     """A clone of ``model`` with Scale Fusion object-patched on every transformer ``attn1``.
 
-    Shared by the Scale Fusion node and the all-in-one FreeScale Upscale node.
+    Shared by the Scale Fusion node and the all-in-one FreeScale Upscale node; ``latent_px``
+    (image px per latent cell) defaults to the model's latent format.
     """
     if start_percent > end_percent:
         raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
@@ -146,7 +155,7 @@ def apply_scale_fusion(model, *, fast_mode: bool, start_percent: float = 0.0, en
         sigma_start=float(sampling.percent_to_sigma(start_percent)),
         sigma_end=float(sampling.percent_to_sigma(end_percent)),
         fast_mode=bool(fast_mode), seed=int(jitter_seed), jitter=bool(jitter), max_views_per_call=None,
-        base_px=int(base_px))
+        base_px=int(base_px), latent_px=int(latent_px or model_latent_px(model)))
     patched = model.clone()
     for index, name in enumerate(names):
         key = f"diffusion_model.{name}"

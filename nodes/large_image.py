@@ -1,9 +1,9 @@
 """Save Large Image: tile-by-tile VAE decode streamed into a PNG or BigTIFF file, bounded RAM.
 
-The end of the Pixelsmith gigapixel path (spec §1.9): the official code decodes 64-latent tiles
-and assembles the whole image in CPU RAM; here each row of latent tiles is decoded, blended
-with its neighbours (``kernels/large_image.py``: separable linear ramps normalised by the weight
-sum) and the rows no later tile touches are written to disk at once, so RAM holds about one band
+The end of the Pixelsmith gigapixel path. The official code (Thanos-DB/Pixelsmith@28c992b
+``autoencoder_kl.py``, tiled decode) decodes 64-latent tiles and assembles the whole image in CPU
+RAM; here each row of latent tiles is decoded, blended with its neighbours (``kernels/tiling.py``:
+separable linear ramps normalised by the weight sum) and the rows no later tile touches are written to disk at once, so RAM holds about one band
 of tiles whatever the image size. The file is written under a ``.part`` name and renamed when
 complete. RAM and disk needs are estimated first (logged and shown in the node's UI text) and
 the node refuses clearly when they do not fit.
@@ -24,7 +24,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..kernels import large_image as li
+from ..kernels.large_image import BigTiffStreamWriter, PngStreamWriter, RowPreview
+from ..kernels.tiling import starts, tile_weights
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class SaveLargeImage(io.ComfyNode):
         if ram > free_ram:
             raise ValueError(f"{summary}: not enough RAM. Lower tile_size.")
 
-        ys, xs = li.tile_starts(h, tile_size, overlap), li.tile_starts(w, tile_size, overlap)
+        ys, xs = starts(h, tile_size, tile_size - overlap), starts(w, tile_size, tile_size - overlap)
         pbar = comfy.utils.ProgressBar(B * len(ys) * len(xs))
         previews, ui_images, paths = [], [], []
         for b in range(B):
@@ -146,12 +147,12 @@ class SaveLargeImage(io.ComfyNode):
         H, W = h * ratio, w * ratio
         th, tw = min(tile, h), min(tile, w)
         ramp = overlap * ratio
-        preview = li.RowPreview(H, W, PREVIEW_MAX_SIDE)
+        preview = RowPreview(H, W, PREVIEW_MAX_SIDE)
         part = path + ".part"
         try:
             with open(part, "wb") as f:
-                writer = (li.PngStreamWriter(f, W, H) if fmt == "png"
-                          else li.BigTiffStreamWriter(f, W, H, rows_per_strip=16, compression=compression))
+                writer = (PngStreamWriter(f, W, H) if fmt == "png"
+                          else BigTiffStreamWriter(f, W, H, rows_per_strip=16, compression=compression))
                 acc_top = 0
                 acc = torch.zeros(0, W, 3)
                 wsum = torch.zeros(0, W, 1)
@@ -171,7 +172,7 @@ class SaveLargeImage(io.ComfyNode):
                                              f"{(th * ratio, tw * ratio)}; this VAE is not supported here.")
                         for k, x0 in enumerate(group):
                             left = x0 * ratio
-                            wt = li.tile_weights(top, left, th * ratio, tw * ratio, (H, W), ramp)[..., None]
+                            wt = tile_weights(top, left, th * ratio, tw * ratio, (H, W), ramp)[..., None]
                             rows = slice(top - acc_top, bottom - acc_top)
                             cols = slice(left, left + tw * ratio)
                             acc[rows, cols] += pixels[k] * wt

@@ -50,7 +50,7 @@ def run_one(cascade, patcher, pos, neg, size: int, mode: str, steps: int, cuda: 
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(pos, neg)
     guider.set_cfg(7.5)
-    sampler = cascade.SelfCascadeSampler(cascade.SelfCascadeConfig(2.0, 1.0, 0.3, None))
+    sampler = cascade.self_cascade_sampler(cascade.SelfCascadeConfig(2.0, 1.0, 0.3, None))
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

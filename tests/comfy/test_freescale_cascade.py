@@ -1,6 +1,8 @@
 """FreeScale self-cascade sampler and the all-in-one FreeScale Upscale node on the real host."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -189,7 +191,8 @@ def test_upscale_seeded_interruptible_and_tiled(host, records, monkeypatch):
 
     # Tiled VAE path (used above 2048² px), forced on a small image: runs, close to the untiled result.
     module = host.module_of("UltraRes_FreeScaleUpscale")
-    monkeypatch.setattr(module, "TILE_ABOVE_PX", 32 * 32)
+    monkeypatch.setattr(module, "TILING", dataclasses.replace(module.TILING, decode_above_px=32 * 32,
+                                                              encode_above_px=32 * 32))
     g, save, _ = upscale_graph(seed=11, probe_tag="tiled")
     tiled = saved_image(host, host.run(g), save)
     assert tiled.shape == a.shape and not np.array_equal(tiled, a)

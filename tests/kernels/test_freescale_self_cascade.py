@@ -11,7 +11,7 @@ from ultrares.kernels.freescale import (
     dilation_active,
     region_exponent,
     restart_step,
-    self_cascade_sample,
+    sample_self_cascade,
     upsample_image,
 )
 
@@ -70,7 +70,8 @@ def test_self_cascade_restart_skip_residual_and_euler():
         return x_up  # an oracle denoiser that knows the clean image
 
     steps: list[int] = []
-    out = self_cascade_sample(denoise, x_up, n, sigmas, ts, r, 2.0, callback=lambda i, d, x: steps.append(i))
+    out = sample_self_cascade(denoise, x_up, sigmas, callback=lambda info: steps.append(info["i"]), x_up=x_up, noise=n,
+                              timesteps=ts, restart_index=r, exponent=2.0)
     assert steps == list(range(15, 50)) and len(seen) == 35
     assert seen[0][0] == pytest.approx(float(sigmas[15]))
     assert torch.allclose(seen[0][1], x_up + sigmas[15] * n), "starts from N_r = x_up + σ_r·n"
@@ -91,12 +92,12 @@ def test_self_cascade_blend_weight_matches_c1():
         inputs.append(x.clone())
         return torch.zeros_like(x)
 
-    self_cascade_sample(denoise, x_up, n, sigmas, ts, 0, 3.0)
+    sample_self_cascade(denoise, x_up, sigmas, x_up=x_up, noise=n, timesteps=ts, restart_index=0, exponent=3.0)
     # Step 0: x = N_0 = 1. Euler to σ 5 with x0 = 0: x = 0.5. Step 1 blend toward N_1 = 1.
     c1 = float(cosine_factor(600.0)) ** 3.0
     assert inputs[1].flatten()[0].item() == pytest.approx((1 - c1) * 0.5 + c1 * 1.0, rel=1e-6)
     with pytest.raises(ValueError, match="restart"):
-        self_cascade_sample(denoise, x_up, n, sigmas, ts, 2, 3.0)
+        sample_self_cascade(denoise, x_up, sigmas, x_up=x_up, noise=n, timesteps=ts, restart_index=2, exponent=3.0)
 
 
 def test_c_at_restart_matches_spec_table():

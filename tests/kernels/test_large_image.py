@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from ultrares.kernels import large_image as li
+from ultrares.kernels import tiling
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(100, 16, 4), (64, 64, 8), (10, 16, 4), (257, 64, 16), (65, 64, 0)])
 def test_tiles_cover_inside_with_overlap(length, tile, overlap):
-    starts = li.tile_starts(length, tile, overlap)
+    starts = tiling.starts(length, tile, tile - overlap)
     size = min(tile, length)
     covered = torch.zeros(length, dtype=torch.int32)
     for s in starts:
@@ -29,15 +30,15 @@ def test_blend_weights_normalise_to_a_partition_of_unity():
     H, W, tile, overlap = 90, 130, 32, 8
     acc = torch.zeros(H, W)
     wsum = torch.zeros(H, W)
-    for y in li.tile_starts(H, tile, overlap):
-        for x in li.tile_starts(W, tile, overlap):
-            w = li.tile_weights(y, x, tile, tile, (H, W), overlap)
+    for y in tiling.starts(H, tile, tile - overlap):
+        for x in tiling.starts(W, tile, tile - overlap):
+            w = tiling.tile_weights(y, x, tile, tile, (H, W), overlap)
             assert (w > 0).all()
             acc[y:y + tile, x:x + tile] += 0.7 * w
             wsum[y:y + tile, x:x + tile] += w
     assert torch.allclose(acc / wsum, torch.full((H, W), 0.7))
     # Image borders keep full weight; interior tile edges ramp down.
-    w = li.axis_weights(0, 32, 130, 8)
+    w = tiling.axis_weights(0, 32, 130, 8)
     assert w[0] == 1 and w[-1] < 0.1 and w[15] == 1
 
 

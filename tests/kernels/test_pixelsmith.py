@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ultrares.kernels.pixelsmith import (
-    PatchBox,
+from ultrares.kernels.pixelsmith import sample_pixelsmith, start_latent
+from ultrares.kernels.pixelsmith_ops import (
     averaging_band,
     chessboard_mask,
     draw_chessboard_coins,
@@ -17,15 +17,21 @@ from ultrares.kernels.pixelsmith import (
     patch_box_at,
     phase_fusion,
     revert,
-    sample_pixelsmith,
     round_grid,
     select_patches,
     write_back,
 )
+from ultrares.kernels.tiling import PatchBox
 
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def run_pixelsmith(denoise, z_up, noise, sigmas, slider, **kwargs):
+    """``sample_pixelsmith`` from its usual start ``G[0] = z_up + σ_0·n`` (a ``(y, sigma, boxes)`` denoiser)."""
+    x = start_latent(z_up, noise, float(sigmas[0])) if noise.shape == z_up.shape else z_up
+    return sample_pixelsmith(denoise, x, sigmas, z_up=z_up, noise=noise, slider=slider, **kwargs)
 
 
 def sdxl_alphas_cumprod() -> torch.Tensor:
@@ -284,9 +290,9 @@ def run_counting(shape, sigmas, mode, patch=16, band=3, patch_batch=4, seed=0):
         assert int(tau.max() - tau.min()) <= 1
         if int(tau.max()) == int(tau.min()):
             log["snapshots"] += 1
-        log["infos"].append({k: info[k] for k in ("patches", "patches_total", "progress")})
+        log["infos"].append({k: info[k] for k in ("patches", "progress")})
 
-    out = sample_pixelsmith(denoise, z, z, sigmas, slider=0, generator=gen(seed),
+    out = run_pixelsmith(denoise, z, z, sigmas, slider=0, generator=gen(seed),
                             patch_size=patch, band=band, mode=mode, patch_batch=patch_batch,
                             callback=callback)
     return out, log
@@ -305,7 +311,7 @@ def test_every_pixel_exactly_one_update_per_step(mode):
     else:
         assert set(log["per_call"]) == {1}
     last = log["infos"][-1]
-    assert last["patches_total"] == last["patches"] and last["progress"] == 1.0
+    assert last["patches"] == log["patches"] and last["progress"] == 1.0
     progress = [i["progress"] for i in log["infos"]]
     assert progress == sorted(progress)
 
@@ -338,7 +344,7 @@ def test_fast_mode_boxes_disjoint_and_furthest_behind():
     def callback(info):
         state["tau"] = info["tau"].clone()
 
-    sample_pixelsmith(denoise, z_up, n, sigmas, slider=2, generator=gen(2), patch_size=16,
+    run_pixelsmith(denoise, z_up, n, sigmas, slider=2, generator=gen(2), patch_size=16,
                       band=4, mode="fast", patch_batch=3, callback=callback)
 
 
@@ -382,7 +388,7 @@ def test_slider_zero_equals_full_latent_euler(mode, batch):
     n = torch.randn(shape, generator=gen(1))
     x0_field = torch.randn(shape, generator=gen(2))
     calls: list = []
-    out = sample_pixelsmith(field_denoiser(x0_field, calls), z_up, n, sigmas, slider=0,
+    out = run_pixelsmith(field_denoiser(x0_field, calls), z_up, n, sigmas, slider=0,
                             generator=gen(3), patch_size=16, band=5, mode=mode, patch_batch=4)
     # Unguided start is G[0] = z_up + σ_0 n.
     first_box = calls[0][1][0]
@@ -390,7 +396,7 @@ def test_slider_zero_equals_full_latent_euler(mode, batch):
                                                                       first_box.slices[1]])
     torch.testing.assert_close(out, x0_field, atol=1e-6, rtol=0)  # ends at σ = 0: x0
     # Stop before σ = 0 to compare intermediate Euler values too.
-    out_mid = sample_pixelsmith(field_denoiser(x0_field), z_up, n, sigmas[:-1], slider=0,
+    out_mid = run_pixelsmith(field_denoiser(x0_field), z_up, n, sigmas[:-1], slider=0,
                                 generator=gen(3), patch_size=16, band=5, mode=mode)
     ref = euler_full(x0_field, z_up + 10.0 * n, sigmas[:-1])
     torch.testing.assert_close(out_mid, ref, atol=1e-5, rtol=1e-5)
@@ -407,7 +413,7 @@ def test_same_seed_same_output_and_inputs_untouched():
 
     def run(seed):
         boxes: list = []
-        out = sample_pixelsmith(denoise, z_up, n, sigmas, slider=3, generator=gen(seed),
+        out = run_pixelsmith(denoise, z_up, n, sigmas, slider=3, generator=gen(seed),
                                 patch_size=16, band=4,
                                 callback=lambda info: boxes.extend(info["boxes"]))
         return out, boxes
@@ -436,7 +442,7 @@ def test_slider_semantics_fusion_below_s_chessboard_below_s_minus_1():
         return 0.5 * y
 
     def callback(info):
-        k = info["step"] - 1  # single window: one patch per round
+        k = info["i"]  # single window: one patch per round
         x = info["x"]
         G_next = z_up + sig[k + 1] * n
         plain = seen[-1][1] + (sig[k + 1] - sig[k]) / sig[k] * (seen[-1][1] - 0.5 * seen[-1][1])
@@ -453,7 +459,7 @@ def test_slider_semantics_fusion_below_s_chessboard_below_s_minus_1():
             torch.testing.assert_close(x, plain)
         state["x"] = x.clone()
 
-    sample_pixelsmith(denoise, z_up, n, sigmas, slider=S, generator=gen(5), patch_size=32,
+    run_pixelsmith(denoise, z_up, n, sigmas, slider=S, generator=gen(5), patch_size=32,
                       callback=callback)
     assert [k for k, _, _ in seen] == [0, 1, 2, 3, 4]
     for k, y, x_before in seen:
@@ -463,7 +469,8 @@ def test_slider_semantics_fusion_below_s_chessboard_below_s_minus_1():
             torch.testing.assert_close(y, x_before)
 
 
-def test_should_stop_stops_within_one_patch():
+def test_raising_callback_stops_within_one_patch():
+    """Interruption is the k-diffusion way: the callback raises, no further model call is made."""
     sigmas = torch.tensor([6.0, 3.0, 1.0, 0.0])
     z = torch.randn(1, 4, 48, 48, generator=gen(0))
     calls = {"n": 0}
@@ -475,19 +482,15 @@ def test_should_stop_stops_within_one_patch():
     class Stop(Exception):
         pass
 
-    def should_stop():
+    def callback(info):
         if calls["n"] >= 3:
             raise Stop
 
-    with pytest.raises(Stop):
-        sample_pixelsmith(denoise, z, z, sigmas, 2, generator=gen(0), patch_size=16,
-                          should_stop=should_stop)
-    assert calls["n"] == 3
-    calls["n"] = 0
-    with pytest.raises(InterruptedError):
-        sample_pixelsmith(denoise, z, z, sigmas, 2, generator=gen(0), patch_size=16,
-                          should_stop=lambda: calls["n"] >= 2)
-    assert calls["n"] == 2
+    for mode in ("faithful", "fast"):
+        calls["n"] = 0
+        with pytest.raises(Stop):
+            run_pixelsmith(denoise, z, z, sigmas, 2, generator=gen(0), patch_size=16, mode=mode, callback=callback)
+        assert calls["n"] == 3
 
 
 def test_patch_clamped_to_small_latent():
@@ -500,7 +503,7 @@ def test_patch_clamped_to_small_latent():
         assert all(b.height == 20 and b.width == 32 and b.top == 0 for b in boxes)
         return y * 0.3
 
-    sample_pixelsmith(denoise, z_up, z_up, sigmas, 1, generator=gen(0), patch_size=32)
+    run_pixelsmith(denoise, z_up, z_up, sigmas, 1, generator=gen(0), patch_size=32)
     assert shapes == {(20, 32)}
 
 
@@ -509,19 +512,19 @@ def test_argument_validation():
     f = field_denoiser(z)
     s = torch.tensor([1.0, 0.0])
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z[..., :8], s, 0, generator=gen())
+        run_pixelsmith(f, z, z[..., :8], s, 0, generator=gen())
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z, s, 0, generator=gen(), mode="grid")
+        run_pixelsmith(f, z, z, s, 0, generator=gen(), mode="grid")
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z, s, -1, generator=gen())
+        run_pixelsmith(f, z, z, s, -1, generator=gen())
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z, s[:1], 0, generator=gen())
+        run_pixelsmith(f, z, z, s[:1], 0, generator=gen())
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z, s, 0, generator=gen(), patch_size=0)
+        run_pixelsmith(f, z, z, s, 0, generator=gen(), patch_size=0)
     with pytest.raises(ValueError):
-        sample_pixelsmith(f, z, z, torch.tensor([1.0, 0.0, 0.0]), 0, generator=gen())
+        run_pixelsmith(f, z, z, torch.tensor([1.0, 0.0, 0.0]), 0, generator=gen())
     # slider > N is clamped: runs.
-    sample_pixelsmith(f, z, z, s, 50, generator=gen(), patch_size=16)
+    run_pixelsmith(f, z, z, s, 50, generator=gen(), patch_size=16)
 
 
 # ------------------------------------------------------------------------------------------ #
@@ -551,7 +554,7 @@ def test_sampler_on_ddim_uniform_schedule():
     out, log = run_counting(shape, sigmas, "fast", patch=16, band=3)
     assert torch.allclose(out, torch.full_like(out, 50.0), atol=1e-3)
     assert log["snapshots"] == 50
-    out = sample_pixelsmith(field_denoiser(x0_field), z_up, z_up, sigmas, slider=20,
+    out = run_pixelsmith(field_denoiser(x0_field), z_up, z_up, sigmas, slider=20,
                             generator=gen(2), patch_size=16, band=3, mode="fast", patch_batch=4)
     torch.testing.assert_close(out, x0_field)  # last step (σ = 0.0413 -> 0) returns x0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultrares.kernels.pixelsmith import sample_pixelsmith
+from ultrares.kernels.pixelsmith import sample_pixelsmith, start_latent
 
 
 def oracle(z_up):
@@ -25,13 +25,14 @@ def test_exact_denoiser_lands_on_the_guidance(flow, mode):
     n = torch.randn(2, 3, 24, 40, generator=g)
     sigmas = [0.9, 0.6, 0.3, 0.1, 0.0] if flow else [8.0, 3.0, 1.0, 0.2, 0.0]
     alphas = [1 - s for s in sigmas] if flow else None
-    out = sample_pixelsmith(oracle(z), z, n, sigmas, 2, generator=torch.Generator().manual_seed(1),
+    x = start_latent(z, n, sigmas[0], alphas[0] if flow else 1.0)
+    out = sample_pixelsmith(oracle(z), x, sigmas, z_up=z, noise=n, slider=2, generator=torch.Generator().manual_seed(1),
                             patch_size=16, band=3, mode=mode, patch_batch=3, signal_scales=alphas)
     assert torch.allclose(out, z, atol=1e-5)
 
 
 def test_first_state_uses_signal_scale():
-    """With slider 0 and one step to σ=0 the input to the model is G[0] = α0·z + σ0·n."""
+    """With slider 0 and one step to σ=0 the input to the model is the start G[0] = α0·z + σ0·n."""
     z, n = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
     seen = []
 
@@ -39,9 +40,9 @@ def test_first_state_uses_signal_scale():
         seen.append(y.clone())
         return torch.zeros_like(y)
 
-    sample_pixelsmith(denoise, z, n, [0.75, 0.0], 0, generator=torch.Generator().manual_seed(0),
-                      patch_size=8, signal_scales=[0.25, 1.0])
+    sample_pixelsmith(denoise, start_latent(z, n, 0.75, 0.25), [0.75, 0.0], z_up=z, noise=n, slider=0,
+                      generator=torch.Generator().manual_seed(0), patch_size=8, signal_scales=[0.25, 1.0])
     assert torch.allclose(seen[0], 0.25 * z + 0.75 * n)
     with pytest.raises(ValueError, match="signal_scales"):
-        sample_pixelsmith(denoise, z, n, [0.75, 0.0], 0, generator=torch.Generator().manual_seed(0),
-                          signal_scales=[1.0])
+        sample_pixelsmith(denoise, z, [0.75, 0.0], z_up=z, noise=n, slider=0,
+                          generator=torch.Generator().manual_seed(0), signal_scales=[1.0])

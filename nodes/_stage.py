@@ -1,0 +1,189 @@
+"""Glue shared by the all-in-one stage nodes: re-encoding, guider and schedule, progress.
+
+Pixelsmith Upscale, FreeScale Upscale and UltraPixel Stage C each run one or more sampling passes
+inside a single node. What they have in common lives here, so each node only says what is
+particular to its method:
+
+* :func:`decode` / :func:`encode` with a :class:`Tiling` (when to switch to ComfyUI's tiled VAE
+  calls, with which tiles) and :func:`reencode` (decode → resize in pixel space → encode);
+* :func:`cfg_guider` and :func:`leading_sigmas` (the schedule both training-free papers use);
+* :func:`latent_px` (image px per latent cell, from what ComfyUI knows of the model and VAE);
+* :class:`StageProgress`: one ComfyUI progress bar with previews and one console bar with ETA
+  over every pass of a node, checking for interruption at each step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import VAE
+
+SamplerCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+"""ComfyUI's sampler callback ``(step, x0, x, total_steps)``."""
+
+
+# --------------------------------------------------------------------------------------------- #
+# Decode → resize → encode
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """When the VAE runs tile by tile, and with which tiles.
+
+    ``*_above_px``: image px (height × width) above which the tiled call is used. ``*_tiles``:
+    keyword arguments for ``VAE.decode_tiled`` / ``VAE.encode_tiled`` (empty = ComfyUI's defaults).
+    """
+
+    decode_above_px: int
+    encode_above_px: int
+    decode_tiles: dict[str, int] = dataclasses.field(default_factory=dict)
+    encode_tiles: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def decode(vae: VAE, samples: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """LATENT samples → IMAGE ``(B, H, W, C)``, tiled above ``tiling.decode_above_px``."""
+    ratio = vae.spacial_compression_decode()
+    if samples.shape[-2] * samples.shape[-1] * ratio * ratio > tiling.decode_above_px:
+        return vae.decode_tiled(samples, **tiling.decode_tiles)
+    return vae.decode(samples)
+
+
+def encode(vae: VAE, pixels: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """IMAGE ``(B, H, W, 3)`` → LATENT samples, tiled above ``tiling.encode_above_px``."""
+    if pixels.shape[1] * pixels.shape[2] > tiling.encode_above_px:
+        return vae.encode_tiled(pixels, **tiling.encode_tiles)
+    return vae.encode(pixels)
+
+
+Resize = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+"""``resize(image (B, H, W, 3), (H', W')) -> (B, H', W', 3)``."""
+
+
+def reencode(vae: VAE, source: torch.Tensor, size: tuple[int, int], resize: Resize, tiling: Tiling,
+             source_is_latent: bool = True) -> torch.Tensor:
+    """The image of ``source`` (LATENT samples, or an IMAGE) resized to ``size`` (H, W) px, encoded.
+
+    Intermediate images are dropped as soon as they are used, so a stage holds at most the
+    source and the resized image in RAM at once.
+    """
+    image = decode(vae, source, tiling) if source_is_latent else source
+    resized = resize(image[..., :3], size)
+    del image
+    return encode(vae, resized, tiling)
+
+
+def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """ComfyUI's Lanczos resize of an IMAGE to ``size`` (H, W) (Pixelsmith's pixel-space resize)."""
+    out = comfy.utils.common_upscale(image.movedim(-1, 1), size[1], size[0], "lanczos", "disabled")
+    return out.movedim(1, -1)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Guider, schedule, geometry
+# --------------------------------------------------------------------------------------------- #
+
+
+def cfg_guider(model: ModelPatcher, positive: Any, negative: Any, cfg: float) -> comfy.samplers.CFGGuider:
+    """ComfyUI's CFGGuider on ``model`` with the prompts and the CFG scale set."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(float(cfg))
+    return guider
+
+
+def leading_sigmas(model: ModelPatcher, steps: int) -> torch.Tensor:
+    """The ``steps`` + 1 sigmas of ComfyUI's ``ddim_uniform`` scheduler for ``model``, on the CPU.
+
+    For SDXL's 1000 training steps and 50 steps these are the DDIM "leading" timesteps
+    981, 961, ..., 1 of the official Pixelsmith and FreeScale pipelines (diffusers
+    ``timestep_spacing="leading"``, ``steps_offset=1``), then 0.
+    """
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", int(steps)).cpu()
+
+
+def latent_px(vae: VAE) -> int:
+    """Image px per latent cell along each axis, as the VAE encodes (8 for SD/SDXL)."""
+    return int(vae.spacial_compression_encode())
+
+
+def model_latent_px(model: ModelPatcher | object) -> int:
+    """Image px per latent cell from the model's latent format, for nodes that get no VAE.
+
+    ``model`` is a ModelPatcher or a ``comfy.model_base`` model. ComfyUI 0.3.75's latent formats
+    only carry ``spacial_downscale_ratio`` where it is not 8, so 8 (SD1.x/SDXL/SD3/Flux) is the
+    default; nodes that also get the VAE pass :func:`latent_px` of it instead.
+    """
+    latent_format = getattr(model, "latent_format", None) or getattr(getattr(model, "model", None), "latent_format", None)
+    return int(getattr(latent_format, "spacial_downscale_ratio", 8))
+
+
+def noise_for(samples: torch.Tensor, seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
+    """Unit Gaussian noise from an explicit CPU generator; equals ComfyUI's RandomNoise for ``seed``."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return comfy.sample.prepare_noise_inner(samples, generator, batch_index)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Progress
+# --------------------------------------------------------------------------------------------- #
+
+
+class StageProgress:
+    """One progress bar (ComfyUI's, with previews, and a console bar with ETA) over many passes.
+
+    ``total`` counts the steps of every pass the node will run. Each pass takes a callback from
+    :meth:`callback`; the bar then advances to ``offset + step + 1``, where ``offset`` is the
+    number of steps done when the callback was made. Every step checks for interruption, so a
+    Cancel stops the node within one step. Use as a context manager (the console bar closes).
+    """
+
+    def __init__(self, model: ModelPatcher, total: int, desc: str, *, console: bool = True):
+        self.total = int(total)
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.console = tqdm(total=self.total, desc=desc, unit="step",
+                            disable=not console or not comfy.utils.PROGRESS_BAR_ENABLED)
+
+    def callback(self, label: str | None = None, first_step: int = 0) -> SamplerCallback:
+        """A sampler callback for the next pass; ``first_step``: index of its first step (a
+        restarted schedule reports absolute step indices from there)."""
+        offset = self.done - int(first_step)
+
+        def on_step(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            self.advance(offset + step + 1, x0, label)
+
+        return on_step
+
+    def advance(self, done: int, x0: torch.Tensor | None = None, label: str | None = None) -> None:
+        """Set the bar to ``done`` steps, with a preview of ``x0`` when given."""
+        self.done = min(int(done), self.total)
+        preview = None
+        if x0 is not None and self.previewer is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+        self.bar.update_absolute(self.done, self.total, preview)
+        self.console.update(self.done - self.console.n)
+        if label:
+            self.console.set_postfix_str(label)
+
+    def close(self) -> None:
+        self.console.close()
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
