@@ -12,6 +12,12 @@ from pathlib import Path
 
 import torch
 from comfy_api.latest import io
+from safetensors import safe_open
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
 
 from ..demo import spec
 
@@ -19,8 +25,6 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / spec.WEIGHTS_FILE
 
 
 def _read(prefix: str) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
     if not WEIGHTS.is_file():
         raise FileNotFoundError(f"The demo model weights are missing from the pack: {WEIGHTS}. "
                                 f"Reinstall UltraRes or retrain them with `python -m demo.train`.")
@@ -35,13 +39,8 @@ def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tenso
                          f"(missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}).")
 
 
-def load_demo_model():
+def load_demo_model() -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.VAE]:
     """(ModelPatcher of the UNet, ComfyUI VAE), loaded the way ComfyUI loads a checkpoint."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.sd
-    import comfy.supported_models
-
     unet_sd = _read("unet.")
     config = comfy.supported_models.SDXL(dict(spec.UNET_CONFIG))
     load_device = mm.get_torch_device()
@@ -124,7 +123,7 @@ class DemoPrompt(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, object) -> io.NodeOutput:  # noqa: A002  (the input's name in the UI)
+    def execute(cls, object: str) -> io.NodeOutput:  # noqa: A002  (the input's name in the UI)
         return io.NodeOutput(*demo_conditioning(object))
 
 

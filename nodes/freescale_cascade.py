@@ -118,7 +118,8 @@ class FreeScaleSelfCascadeSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, cosine_scale, restart_percent, cosine_scale_bg, mask=None) -> io.NodeOutput:
+    def execute(cls, cosine_scale: float, restart_percent: float, cosine_scale_bg: float,
+                mask: torch.Tensor | None = None) -> io.NodeOutput:
         config = SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), float(restart_percent),
                                    None if mask is None else mask.detach().clone())
         return io.NodeOutput(self_cascade_sampler(config))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -26,6 +27,9 @@ import folder_paths
 
 from ..kernels.large_image import BigTiffStreamWriter, PngStreamWriter, RowPreview
 from ..kernels.tiling import starts, tile_weights
+
+if TYPE_CHECKING:
+    from comfy.sd import VAE
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,8 @@ class SaveLargeImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, filename_prefix, format, tiff_compression, tile_size, overlap) -> io.NodeOutput:
+    def execute(cls, samples: dict, vae: VAE, filename_prefix: str, format: str, tiff_compression: str,  # noqa: A002
+                tile_size: int, overlap: int) -> io.NodeOutput:
         fmt = format
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -141,7 +146,8 @@ class SaveLargeImage(io.ComfyNode):
         return io.NodeOutput(preview_batch, ui={"images": ui_images, "text": [summary, *paths]})
 
     @staticmethod
-    def _write_one(latent, vae, path, fmt, compression, tile, overlap, ratio, ys, xs, pbar) -> torch.Tensor:
+    def _write_one(latent: torch.Tensor, vae: VAE, path: str, fmt: str, compression: str, tile: int, overlap: int,
+                   ratio: int, ys: list[int], xs: list[int], pbar: comfy.utils.ProgressBar) -> torch.Tensor:
         """Decode ``latent`` (1, C, h, w) tile row by tile row into ``path``; returns the preview."""
         _, _, h, w = latent.shape
         H, W = h * ratio, w * ratio
