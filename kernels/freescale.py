@@ -142,7 +142,7 @@ def get_views(
 
     views = tuple(
         (hs + jh + r_h, hs + jh + r_h + win_h, ws + jw + r_w, ws + jw + r_w + win_w)
-        for (hs, ws), (jh, jw) in zip(grid, jit)
+        for (hs, ws), (jh, jw) in zip(grid, jit, strict=True)
     )
     return WindowLayout(h, w, win_h, win_w, stride_h, stride_w, r_h, r_w, views)
 

@@ -259,7 +259,7 @@ def round_grid(
         return int(torch.randint(1, p, (1,), generator=generator, device=dev)) if shifted and p > 1 else 0
 
     oy, ox = offset(ph), offset(pw)
-    boxes = [PatchBox(t, l, ph, pw) for t in starts(H, ph, ph, oy) for l in starts(W, pw, pw, ox)]
+    boxes = [PatchBox(top, left, ph, pw) for top in starts(H, ph, ph, oy) for left in starts(W, pw, pw, ox)]
     order = torch.randperm(len(boxes), generator=generator, device=dev).tolist()
     return [boxes[i] for i in order]
 

@@ -125,7 +125,9 @@ def model_latent_px(model: ModelPatcher | object) -> int:
     only carry ``spacial_downscale_ratio`` where it is not 8, so 8 (SD1.x/SDXL/SD3/Flux) is the
     default; nodes that also get the VAE pass :func:`latent_px` of it instead.
     """
-    latent_format = getattr(model, "latent_format", None) or getattr(getattr(model, "model", None), "latent_format", None)
+    latent_format = getattr(model, "latent_format", None)
+    if latent_format is None:
+        latent_format = getattr(getattr(model, "model", None), "latent_format", None)
     return int(getattr(latent_format, "spacial_downscale_ratio", 8))
 
 

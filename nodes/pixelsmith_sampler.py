@@ -126,7 +126,8 @@ def auto_patch_batch(inner_model: comfy.model_base.BaseModel, device: torch.devi
     return int(max(1, min(MAX_AUTO_PATCH_BATCH, (0.7 * free) // per_patch)))
 
 
-def staged_state(state_device: str, latent_image: torch.Tensor, noise: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor]:
+def staged_state(state_device: str, latent_image: torch.Tensor,
+                 noise: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor]:
     """``(on_cpu, z_up, n)``: where the full-size state lives, and ``z_up``/``n`` moved there.
 
     ``cpu``, or ``auto`` above ``AUTO_CPU_STATE_BYTES`` per latent, keeps them in CPU RAM (pinned

@@ -162,7 +162,8 @@ def output_image(vae: VAE, samples: torch.Tensor, decode_image: bool) -> torch.T
     s = min(1.0, PREVIEW_LATENT_SIDE / max(h, w))
     small = F.interpolate(samples, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
     if decode_image:
-        log.info("Pixelsmith Upscale: %dx%d is too big for an IMAGE; the image output is a preview.", w * ratio, h * ratio)
+        log.info("Pixelsmith Upscale: %dx%d is too big for an IMAGE; the image output is a preview.",
+                 w * ratio, h * ratio)
     return vae.decode(small)
 
 
