@@ -1,145 +1,43 @@
 """UltraPixel added module for Stable Cascade stage C: LR guidance -> INR upscale -> fusion -> SAN.
 
-UltraPixel (Ren et al., 2024), "UltraPixel: Advancing Ultra-High-Resolution Image Synthesis to
-New Peaks", Sec. 3 and Fig. 3-4. Behaviour follows the official code as written down in
-docs/algorithms.md §3 (pipeline §3.2-3.4, module §3.5, checkpoint §3.6, tests §3.9).
+UltraPixel (Ren et al., 2024, "UltraPixel: Advancing Ultra-High-Resolution Image Synthesis to New
+Peaks", NeurIPS 2024, arXiv:2407.02158), Sec. 3 and Figs. 3-4. Behaviour follows the official code
+(catcathh/UltraPixel@e85d3bc): the module is ``TransInr_withnorm`` of
+``modules/inr_fea_res_lite.py:289-397``, its use in stage C is ``modules/model_4stage_lite.py``,
+the sizes come from ``inference/utils.py``.
 
-One :class:`UltraPixelGuidance` sits at each of four stage-C points, right after the first
-AttnBlock of a level (``E0 E1 D0 D1``, §3.4). Given the HR feature f, the LR feature g captured at
-the same point during the LR pass, and the 64-d embedding of the HR step's r, it returns u; the
-caller adds ``x + s * u`` with s = 1 on the encoder and :func:`decoder_guide_scale` on the decoder.
-The INR upscale g -> g' does not depend on f or r, so :meth:`UltraPixelGuidance.upscale_guidance`
-can be run once per target size and its result passed to every step via ``g_up``.
+One :class:`GuidanceFusionModule` sits at each of four stage-C points, right after the first
+AttnBlock of a level (``E0 E1 D0 D1``, ``model_4stage_lite.py:287-298,341-365``). Given the HR
+feature f, the LR feature g captured at the same point during the LR pass, and the 64-d embedding
+of the HR step's r, it returns u; the caller adds ``x + s * u`` with s = 1 on the encoder and
+:func:`decoder_guide_scale` on the decoder. The INR upscale g -> g' does not depend on f or r, so
+:meth:`GuidanceFusionModule.upscale_guidance` can be run once per target size and its result
+passed to every step via ``g_up``.
 
-Pure PyTorch: no ComfyUI import. Parameter names match the released checkpoint (§3.6) so its
-state dict loads with ``strict=True``.
+Pure PyTorch: no ComfyUI import. Parameter names match the released checkpoint (see
+:mod:`.ultrapixel_weights`) so its state dict loads with ``strict=True``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .ultrapixel_checkpoint import (
-    CHECKPOINT_PREFIXES,
-    INJECTION_POINTS,
-    check_state_dict,
-    check_ultrapixel_state_dict,
-    detect_checkpoint_format,
-    guidance_state_shapes,
-    load_checkpoint_file,
-    split_ultrapixel_state_dict,
-    ultrapixel_checkpoint_shapes,
-)
-from .ultrapixel_inr import (
-    LRTokenizer,
-    TokenTransformer,
-    fourier_encode,
-    inr_mlp,
-    inr_query,
-    make_coord_grid,
-    modulate_base_weights,
-)
-from .ultrapixel_norm import AffineModulation, ScaleAwareNorm, channel_layer_norm, r_embedding, scale_value
-
-__all__ = [
-    "UltraPixelConfig",
-    "SMALL_PARITY_CONFIG",
-    "INJECTION_POINTS",
-    "STAGE_C_BLOCKS",
-    "CHECKPOINT_PREFIXES",
-    "UltraPixelGuidance",
-    "decoder_guide_scale",
-    "guide_scale",
-    "inject_guidance",
-    "stage_c_latent_size",
-    "lr_pixel_size",
-    "guidance_state_shapes",
-    "ultrapixel_checkpoint_shapes",
-    "check_ultrapixel_state_dict",
-    "split_ultrapixel_state_dict",
-    "build_ultrapixel_modules",
-    "load_ultrapixel_modules",
-    # re-exported building blocks
-    "r_embedding",
-    "scale_value",
-    "channel_layer_norm",
-    "make_coord_grid",
-    "fourier_encode",
-    "inr_mlp",
-    "inr_query",
-    "modulate_base_weights",
-    "check_state_dict",
-    "detect_checkpoint_format",
-    "load_checkpoint_file",
-]
+from .ultrapixel_config import INJECTION_POINTS, STAGE_C_BLOCKS, UltraPixelConfig
+from .ultrapixel_inr import LRTokenizer, TokenTransformer, inr_query, modulate_base_weights
+from .ultrapixel_norm import AffineModulation, ScaleAwareNorm, channel_layer_norm
 
 
-@dataclass(frozen=True)
-class UltraPixelConfig:
-    """Sizes of one added module; defaults are the release (``TransInr_withnorm`` args, §3.5).
-
-    Attributes:
-        ind: C, channels of the stage-C features f and g (2048 for the 3.6B stage C).
-        ch: width of the reduced LR tokens and of the implicit function's output.
-        n_head: attention heads of the token transformer (head width ``f_dim // n_head``).
-        n_groups: G, weight tokens per implicit-function layer (capped by that layer's width).
-        f_dim: token-transformer width and hidden width of the implicit function; must equal ch.
-        time_dim: width of the time embedding e_t (stage C's r embedding, 64).
-        scale_dim: width of the scale embedding e_s (64).
-        n_pos: rows of the LR position table, the maximum number of LR pixels (32^2).
-        n_freq: Fourier frequencies per coordinate (coordinate features = 4 * n_freq).
-        pe_sigma: highest Fourier frequency (frequencies are exp(linspace(0, ln pe_sigma))).
-        depth: token-transformer layers.
-    """
-
-    ind: int = 2048
-    ch: int = 1024
-    n_head: int = 32
-    n_groups: int = 64
-    f_dim: int = 1024
-    time_dim: int = 64
-    scale_dim: int = 64
-    n_pos: int = 1024
-    n_freq: int = 64
-    pe_sigma: float = 1024.0
-    depth: int = 1
-
-    def __post_init__(self) -> None:
-        if self.ch != self.f_dim:
-            raise ValueError(f"LR tokens (ch={self.ch}) and weight tokens (f_dim={self.f_dim}) share one sequence")
-
-    def inr_layer_shapes(self) -> dict[str, tuple[int, int]]:
-        """Implicit-function layers as [W; bias row]: ``wb0`` (4*n_freq+1, f_dim), ``wb1`` (f_dim+1, ch)."""
-        return {"wb0": (4 * self.n_freq + 1, self.f_dim), "wb1": (self.f_dim + 1, self.ch)}
-
-    def inr_groups(self) -> dict[str, int]:
-        """Weight tokens per implicit-function layer: ``min(n_groups, d_out)``."""
-        return {name: min(self.n_groups, d_out) for name, (_, d_out) in self.inr_layer_shapes().items()}
-
-
-SMALL_PARITY_CONFIG = UltraPixelConfig(ind=64, ch=32, n_head=4, n_groups=8, f_dim=32)  # §3.9 small config
-
-STAGE_C_BLOCKS: dict[str, str] = {  # AttnBlock after which u is added (§3.4)
-    "E0": "down_blocks.0.2",
-    "E1": "down_blocks.1.2",
-    "D0": "up_blocks.0.2",
-    "D1": "up_blocks.1.2",
-}
-
-
-# Scale rules and sizes (§3.2, §3.4)
+# Scale rules and sizes (official inference/utils.py, model_4stage_lite.py)
 
 
 def decoder_guide_scale(height: int, width: int) -> float:
-    """Inference weight s of decoder guidance by HR stage-C token count (§3.4).
+    """Inference weight s of decoder guidance by HR stage-C token count (``model_4stage_lite.py:352-365``).
 
     ``H*W >= 96^2 -> 0.7``, ``>= 72^2 -> 0.5``, else 0.3 (2048^2 -> 0.3, 3072^2 -> 0.5, 4096^2 -> 0.7).
     """
@@ -164,27 +62,31 @@ def inject_guidance(x: Tensor, u: Tensor, s: float = 1.0) -> Tensor:
 
 
 def stage_c_latent_size(height: int, width: int, compression: float = 42.67) -> tuple[int, int]:
-    """Stage-C latent (H_c, W_c) for an image of (height, width) px: ``ceil(px / 42.67)`` (§3.2)."""
+    """Stage-C latent (H_c, W_c) for an image of (height, width) px: ``ceil(px / 42.67)``.
+
+    As the official ``inference/utils.py:28-38``.
+    """
     return math.ceil(height / compression), math.ceil(width / compression)
 
 
 def lr_pixel_size(height: int, width: int, std_size: int = 32) -> tuple[int, int]:
-    """LR image size (h_lr, w_lr) px for the LR pass: ``32 * int(32 * sqrt(rho))`` etc. (§3.2).
+    """LR image size (h_lr, w_lr) px for the LR pass: ``32 * int(32 * sqrt(rho))`` etc.
 
-    rho = height / width; a square target gives 1024^2 (24^2 stage-C latent).
+    As the official ``inference/utils.py:28-38,128-130`` and ``inference/test_t2i.py:108-110``, with
+    rho = height / width. A square target gives 1024^2 (24^2 stage-C latent).
     """
     rho = height / width
     return 32 * int(std_size * math.sqrt(rho)), 32 * int(std_size / math.sqrt(rho))
 
 
-# The added module (§3.5)
+# The added module (official TransInr_withnorm, inr_fea_res_lite.py:289-397)
 
 
-class UltraPixelGuidance(nn.Module):
-    """One UltraPixel guidance module (official ``TransInr_withnorm``), for one injection point.
+class GuidanceFusionModule(nn.Module):
+    """One UltraPixel added module (official ``TransInr_withnorm``), for one injection point.
 
     UltraPixel (Ren et al., 2024), Fig. 4 (continuous upsampling) and Eqs. (2)-(4); the exact
-    computation is docs/algorithms.md §3.5:
+    computation is the official ``modules/inr_fea_res_lite.py:289-397``:
 
     * LR tokens + token transformer -> implicit-function weights theta (:meth:`implicit_weights`);
     * INR on the HR grid + nearest-upsampled g -> g' (:meth:`upscale_guidance`);
@@ -202,7 +104,7 @@ class UltraPixelGuidance(nn.Module):
         self.config = config
         c = config
         n_wtokens = sum(c.inr_groups().values())
-        # Key names below are the checkpoint's (§3.6).
+        # Key names below are the checkpoint's (ultrapixel_weights.module_state_shapes).
         self.wtokens = nn.Parameter(torch.zeros(n_wtokens, c.f_dim))
         self.input_layer = nn.Conv2d(c.ind, c.ch, 1)
         self.tokenizer = LRTokenizer(c.ch, c.n_pos)
@@ -247,7 +149,7 @@ class UltraPixelGuidance(nn.Module):
         for wb in self.base_params.values():
             uniform_(wb, 1.0 / math.sqrt(wb.shape[0] - 1))
 
-    # LR guidance -> implicit-function weights (Fig. 4, §3.5 steps 1-4)
+    # LR guidance -> implicit-function weights (Fig. 4)
 
     def lr_tokens(self, g: Tensor) -> Tensor:
         """(B, C, h_lr, w_lr) LR feature -> (B, h_lr*w_lr, ch) tokens (1x1 conv, prefc, posemb)."""
@@ -269,7 +171,7 @@ class UltraPixelGuidance(nn.Module):
         return tuple(theta)
 
     def upscale_guidance(self, g: Tensor, size: Sequence[int]) -> Tensor:
-        """g' at any (H_c, W_c): ``output_layer(INR(grid)) + nearest(g)`` (§3.5 steps 5-6).
+        """g' at any (H_c, W_c): ``output_layer(INR(grid)) + nearest(g)`` (Fig. 4).
 
         Independent of f and of the step, so compute it once per target size.
 
@@ -282,7 +184,7 @@ class UltraPixelGuidance(nn.Module):
         g_near = F.interpolate(g, size=size, mode="nearest")  # (B, C, H_c, W_c)
         return self.output_layer(rearrange(z, "b h w c -> b c h w")) + g_near
 
-    # Guidance fusion, time modulation, scale-aware norm (Eqs. (2)-(4), §3.5 steps 7-10)
+    # Guidance fusion, time modulation, scale-aware norm (Eqs. (2)-(4))
 
     def fuse(self, f: Tensor, g_up: Tensor, t_emb: Tensor) -> Tensor:
         """u = SAN(LN(MLP_fuse([g'; f]) * (1 + a_t) + b_t)); the caller adds ``x + s * u``.
@@ -290,7 +192,7 @@ class UltraPixelGuidance(nn.Module):
         Args:
             f: (B, C, H_c, W_c) HR feature (output of the AttnBlock).
             g_up: (B, C, H_c, W_c) upscaled guidance g'.
-            t_emb: (B, time_dim) embedding of the HR step's r (:func:`r_embedding`).
+            t_emb: (B, time_dim) embedding of the HR step's r (:func:`.ultrapixel_norm.r_embedding`).
         """
         if g_up.shape != f.shape:
             raise ValueError(f"upscaled guidance {tuple(g_up.shape)} does not match the HR feature {tuple(f.shape)}")
@@ -306,42 +208,9 @@ class UltraPixelGuidance(nn.Module):
         return self.fuse(f, g_up, t_emb)
 
 
-# Building and loading the four modules (§3.6)
-
-
 def build_ultrapixel_modules(
     config: UltraPixelConfig = UltraPixelConfig(), *, generator: torch.Generator | None = None
 ) -> nn.ModuleDict:
     """Four freshly initialised modules keyed ``E0 E1 D0 D1`` (seeded by one generator, in that order)."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    return nn.ModuleDict({p: UltraPixelGuidance(config, generator=gen) for p in INJECTION_POINTS})
-
-
-def load_ultrapixel_modules(
-    source: str | os.PathLike[str] | Mapping[str, Tensor],
-    config: UltraPixelConfig = UltraPixelConfig(),
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> nn.ModuleDict:
-    """Load the released weights (pickle or safetensors, checked strictly) into four modules.
-
-    The modules are built on the meta device and take the file's tensors (no random init), and
-    come back in eval mode with gradients off, keyed ``E0 E1 D0 D1`` (see ``STAGE_C_BLOCKS``).
-
-    Args:
-        source: checkpoint path, or an already loaded state dict.
-        dtype: cast the weights (default: keep the file's dtype, bf16 for the release).
-
-    Raises:
-        ValueError: unreadable file, or keys / shapes differ from §3.6 (the message names them).
-    """
-    state = load_checkpoint_file(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-    message = check_ultrapixel_state_dict(state, config)
-    if message is not None:
-        raise ValueError(message)
-    with torch.device("meta"):
-        modules = nn.ModuleDict({p: UltraPixelGuidance(config) for p in INJECTION_POINTS})
-    for point, local in split_ultrapixel_state_dict(state).items():
-        modules[point].load_state_dict(local, strict=True, assign=True)
-    return modules.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return nn.ModuleDict({p: GuidanceFusionModule(config, generator=gen) for p in INJECTION_POINTS})

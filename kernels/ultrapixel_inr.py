@@ -1,13 +1,16 @@
 """UltraPixel continuous upsampling: LR guidance tokens, implicit-function weights, INR query.
 
-UltraPixel (Ren et al., 2024), Sec. 3.1 "Continuous upsampling" and Fig. 4: the LR guidance
-features g are reduced to tokens, mixed with learnable weight tokens by one self-attention layer,
-and the weight tokens modulate the base weights of a small implicit function (an MLP on
-Fourier-encoded coordinates). Querying that function on the HR pixel grid gives the upscaled
-guidance g' at any size. Layer-by-layer behaviour follows docs/algorithms.md §3.5 steps 1-6.
+UltraPixel (Ren et al., 2024, arXiv:2407.02158), Sec. 3.1 "Continuous upsampling" and Fig. 4:
+the LR guidance features g are reduced to tokens, mixed with learnable weight tokens by one
+self-attention layer, and the weight tokens modulate the base weights of a small implicit function
+(an MLP on Fourier-encoded coordinates). Querying that function on the HR pixel grid gives the
+upscaled guidance g' at any size. Layer-by-layer behaviour follows the official code
+(catcathh/UltraPixel@e85d3bc ``modules/inr_fea_res_lite.py:289-397``, ``TransInr_withnorm`` up to
+the upscaled guidance).
 
 Pure PyTorch: no ComfyUI import. The modules here carry the released checkpoint's key names
-(``tokenizer.*``, ``transformer_encoder.layers.0.*``), see docs/algorithms.md §3.6.
+(``tokenizer.*``, ``transformer_encoder.layers.0.*``), as saved by the official
+``train/train_t2i.py:262-281``.
 """
 
 from __future__ import annotations
@@ -20,27 +23,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = [
-    "LRTokenizer",
-    "TokenAttention",
-    "TokenFeedForward",
-    "PreNorm",
-    "TokenTransformer",
-    "make_coord_grid",
-    "fourier_encode",
-    "modulate_base_weights",
-    "inr_mlp",
-    "inr_query",
-]
-
-
-# LR guidance tokens and the token transformer (§3.5 steps 1-3)
+# LR guidance tokens and the token transformer (Fig. 4, left)
 
 
 class LRTokenizer(nn.Module):
     """LR guidance map -> tokens: per-pixel ``prefc`` Linear plus a learned absolute position table.
 
-    UltraPixel (Ren et al., 2024), Fig. 4 "Linear"; docs/algorithms.md §3.5 step 1. Tokens are the
+    UltraPixel (Ren et al., 2024), Fig. 4 "Linear"; official ``inr_fea_res_lite.py``. Tokens are the
     pixels in row-major order; ``posemb`` is indexed by flat position, so at most ``n_pos`` LR
     pixels (1024 = 32x32 in the release) are supported.
     """
@@ -65,7 +54,7 @@ class LRTokenizer(nn.Module):
 class TokenAttention(nn.Module):
     """Multi-head self-attention with SiLU before the q / kv projections and no output projection.
 
-    docs/algorithms.md §3.5 step 3 (keys ``fn.to_q.1``, ``fn.to_kv.1``).
+    As in the official ``inr_fea_res_lite.py`` (keys ``fn.to_q.1``, ``fn.to_kv.1``).
     """
 
     def __init__(self, dim: int, n_head: int, head_dim: int) -> None:
@@ -110,7 +99,7 @@ class PreNorm(nn.Module):
 class TokenTransformer(nn.Module):
     """Pre-norm transformer over [LR tokens; weight tokens] (``transformer_encoder``).
 
-    UltraPixel (Ren et al., 2024), Fig. 4 "self-attention"; docs/algorithms.md §3.5 step 3. The
+    UltraPixel (Ren et al., 2024), Fig. 4 "self-attention"; official ``inr_fea_res_lite.py``. The
     release uses ``depth = 1`` and ``ff_dim = dim``.
     """
 
@@ -136,14 +125,14 @@ class TokenTransformer(nn.Module):
         return tokens
 
 
-# Implicit function (§3.5 steps 4-6)
+# Implicit function (Fig. 4, right)
 
 
 def modulate_base_weights(wb_base: Tensor, m: Tensor) -> Tensor:
     """Implicit-function weights from base weights and weight-token outputs.
 
-    UltraPixel (Ren et al., 2024), Fig. 4 "implicit function weights"; docs/algorithms.md §3.5
-    step 4. ``W = normalize_over_input(W_base * tile(m))``, where output column j uses token
+    UltraPixel (Ren et al., 2024), Fig. 4 "implicit function weights"; official
+    ``inr_fea_res_lite.py``. ``W = normalize_over_input(W_base * tile(m))``, where output column j uses token
     ``j mod G``; the bias row stays the base bias.
 
     Args:
@@ -168,7 +157,7 @@ def make_coord_grid(
 ) -> Tensor:
     """Pixel-centre coordinates in [-1, 1] for an (H, W) grid, last axis ordered (row, col).
 
-    docs/algorithms.md §3.5 step 5: centre k of n maps to ``-1 + 2 * (0.5 + k) / n``, evaluated in
+    As in the official ``inr_fea_res_lite.py``: centre k of n maps to ``-1 + 2 * (0.5 + k) / n``, evaluated in
     float32 in that order (the phase is later multiplied by up to 1024*pi, so the rounding of the
     coordinates matters at the 1e-4 level) and cast to ``dtype`` at the end.
 
@@ -183,7 +172,8 @@ def make_coord_grid(
 def fourier_encode(coord: Tensor, n_freq: int = 64, sigma: float = 1024.0) -> Tensor:
     """Fourier features ``[cos(pi v), sin(pi v)]`` of every coordinate times every frequency.
 
-    docs/algorithms.md §3.5 step 5: frequencies ``exp(linspace(0, ln sigma, n_freq))``; v holds the
+    As in the official ``inr_fea_res_lite.py``: frequencies ``exp(linspace(0, ln sigma, n_freq))``;
+    v holds the
     first coordinate's block then the second's, so 2-D input gives ``4 * n_freq`` features.
     The phase is a ``torch.matmul`` outer product on purpose: under autocast it is then computed
     in the autocast dtype, as in the official code's bf16 inference.
@@ -225,8 +215,8 @@ def inr_mlp(gamma: Tensor, theta: Sequence[Tensor]) -> Tensor:
 def inr_query(theta: Sequence[Tensor], size: Sequence[int], n_freq: int = 64, sigma: float = 1024.0) -> Tensor:
     """Evaluate the implicit function on the pixel-centre grid of ``size`` (any H, W).
 
-    UltraPixel (Ren et al., 2024), Fig. 4 "target position (x, y)"; docs/algorithms.md §3.5
-    steps 5-6 (before the output 1x1 conv). Pure: depends only on theta and the size, so it can
+    UltraPixel (Ren et al., 2024), Fig. 4 "target position (x, y)"; official
+    ``inr_fea_res_lite.py`` (before the output 1x1 conv). Pure: depends only on theta and the size, so it can
     be computed once per target size and reused for every sampling step.
 
     Returns:

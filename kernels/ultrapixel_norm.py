@@ -1,8 +1,9 @@
 """UltraPixel modulation layers: sinusoidal embeddings, time modulation, scale-aware normalization.
 
-UltraPixel (Ren et al., 2024), Sec. 3.2, Eq. (3) (time modulation of the fused guidance) and
-Eq. (4) (scale-aware normalization, SAN). The formulas follow the official code as described in
-docs/algorithms.md §3.5 steps 8-10, which differ from the paper's wording in two places:
+UltraPixel (Ren et al., 2024, arXiv:2407.02158), Sec. 3.2, Eq. (3) (time modulation of the fused
+guidance) and Eq. (4) (scale-aware normalization, SAN). The formulas follow the official code
+(catcathh/UltraPixel@e85d3bc ``modules/inr_fea_res_lite.py:289-397``, the end of
+``TransInr_withnorm.forward``), which differs from the paper's wording in two places:
 
 * the scale s fed to the sinusoidal embedding is ``sqrt(ln N_H / ln N_L)`` (N_L = 24^2 = 576),
   not ``log(N_H / N_L)``;
@@ -20,22 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "N_BASE_TOKENS",
-    "r_embedding",
-    "scale_value",
-    "channel_layer_norm",
-    "AffineModulation",
-    "ScaleAwareNorm",
-]
-
-N_BASE_TOKENS = 24 * 24  # N_L: stage-C token count of the 1024^2 base resolution
+from .ultrapixel_config import N_BASE_TOKENS
 
 
 def r_embedding(r: Tensor, dim: int = 64, max_positions: float = 10000.0) -> Tensor:
     """Stage C's sinusoidal embedding of a scalar per sample (``gen_r_embedding``), [sin | cos].
 
-    docs/algorithms.md §3.4 (``r``) and §3.5 step 10 (``e = sinusoid64(sigma_s)``): the value is
+    Official code: ``StageC.gen_r_embedding`` (catcathh/UltraPixel@e85d3bc
+    ``modules/model_4stage_lite.py:389-411``) for ``r``, reused by ``TransInr_withnorm`` for
+    ``e = sinusoid64(sigma_s)`` (``modules/inr_fea_res_lite.py:289-397``): the value is
     multiplied by ``max_positions`` and projected on ``dim // 2`` log-spaced frequencies.
 
     Args:
@@ -58,14 +52,15 @@ def r_embedding(r: Tensor, dim: int = 64, max_positions: float = 10000.0) -> Ten
 def scale_value(height: int, width: int, n_base: int = N_BASE_TOKENS) -> float:
     """SAN scale ``sigma_s = sqrt(log_{N_L}(N_H))`` for an HR stage-C map of (height, width) tokens.
 
-    UltraPixel (Ren et al., 2024), Sec. 3.2 "Scale-aware normalization", as implemented
-    (docs/algorithms.md §3.5 step 10): 48^2 -> 1.10368, 72^2 -> 1.16004, 96^2 -> 1.19842.
+    UltraPixel (Ren et al., 2024), Sec. 3.2 "Scale-aware normalization", as implemented in
+    catcathh/UltraPixel@e85d3bc ``modules/inr_fea_res_lite.py:289-397``:
+    48^2 -> 1.10368, 72^2 -> 1.16004, 96^2 -> 1.19842.
     """
     return math.sqrt(math.log(height * width, n_base))
 
 
 def channel_layer_norm(u: Tensor, eps: float = 1e-6) -> Tensor:
-    """LayerNorm over the channel axis of (B, C, H, W), no affine (docs/algorithms.md §3.5 step 9)."""
+    """LayerNorm over the channel axis of (B, C, H, W), no affine, eps 1e-6 (as ``inr_fea_res_lite.py``)."""
     return F.layer_norm(u.movedim(1, -1), (u.shape[1],), eps=eps).movedim(-1, 1)
 
 
@@ -89,8 +84,9 @@ class AffineModulation(nn.Module):
 class ScaleAwareNorm(nn.Module):
     """Scale-aware normalization (SAN): ``u * (1 + a_s) + b_s + u`` with e_s = sinusoid(sigma_s).
 
-    UltraPixel (Ren et al., 2024), Eq. (4); docs/algorithms.md §3.5 step 10. The preceding
-    LayerNorm is applied by the caller (step 9). ``alpha`` / ``gamma`` are 1x1 convs present in
+    UltraPixel (Ren et al., 2024), Eq. (4); official code catcathh/UltraPixel@e85d3bc
+    ``modules/inr_fea_res_lite.py:289-397``. The preceding LayerNorm is applied by the caller.
+    ``alpha`` / ``gamma`` are 1x1 convs present in
     the checkpoint but unused by the official forward; they are kept only so the state dict loads.
     """
 

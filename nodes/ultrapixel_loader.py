@@ -1,21 +1,27 @@
 """UltraPixel Loader: the released added modules (four guidance modules) as an ULTRAPIXEL_MODEL.
 
-UltraPixel (Ren et al., 2024), spec §3.6. The released ``ultrapixel_t2i.safetensors`` is really a
-PyTorch pickle, so the format is read from the file's first bytes, never from its extension;
-pickles are loaded with ``weights_only=True``. Key names are checked strictly (the release's 168)
-and the module sizes are read from the tensor shapes, so a tiny synthetic file for a tiny stage C
-loads the same way as the real one. The math and the checks live in ``kernels/``.
+UltraPixel (Ren et al., 2024, arXiv:2407.02158). The official code (catcathh/UltraPixel@e85d3bc
+``train/train_t2i.py:262-281``) saves the four modules under ``module.64.*`` / ``module.65.*``.
+The released ``ultrapixel_t2i.safetensors`` is really a PyTorch pickle, so the format is read
+from the file's first bytes, never from its extension; pickles are loaded with
+``weights_only=True``. Key names are checked strictly (the release's 168) and the module sizes
+are read from the tensor shapes, so a tiny synthetic file for a tiny stage C loads the same way
+as the real one. The checks and the loader live in ``kernels/ultrapixel_weights.py``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 
 import torch
 from comfy_api.latest import io
 
-from ..kernels import ultrapixel as up
-from ..kernels import ultrapixel_runtime as rt
+import comfy.model_management
+import folder_paths
+
+from ..kernels.ultrapixel_config import UltraPixelConfig
+from ..kernels.ultrapixel_weights import load_ultrapixel_modules
 
 FOLDER = "ultrapixel"
 ULTRAPIXEL_MODEL = io.Custom("ULTRAPIXEL_MODEL")
@@ -24,8 +30,6 @@ DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16"
 
 def register_model_folder() -> None:
     """``models/ultrapixel`` as a model folder (extra_model_paths.yaml entries named ultrapixel add to it)."""
-    import folder_paths
-
     folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
     extensions = folder_paths.folder_names_and_paths[FOLDER][1]
     if not extensions:  # registered by us: list checkpoint files only
@@ -42,8 +46,8 @@ class UltraPixelModel:
     Never modified after loading: the patch nodes make a device/dtype copy per run.
     """
 
-    modules: torch.nn.ModuleDict          # E0 E1 D0 D1 -> kernels.ultrapixel.UltraPixelGuidance
-    configs: dict[str, up.UltraPixelConfig]
+    modules: torch.nn.ModuleDict          # E0 E1 D0 D1 -> kernels.ultrapixel.GuidanceFusionModule
+    configs: dict[str, UltraPixelConfig]
     name: str
     dtype: torch.dtype | None             # None: follow the stage-C model's compute dtype
 
@@ -52,21 +56,17 @@ class UltraPixelModel:
         return {p: c.ind for p, c in self.configs.items()}
 
 
-def load_ultrapixel(source, name: str, dtype: torch.dtype | None = None) -> UltraPixelModel:
+def load_ultrapixel(source: str | os.PathLike[str] | Mapping[str, torch.Tensor], name: str,
+                    dtype: torch.dtype | None = None) -> UltraPixelModel:
     """Path or state dict -> :class:`UltraPixelModel` (strict; ValueError names keys on mismatch)."""
-    import comfy.model_management
-
-    state = up.load_checkpoint_file(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-    modules, configs = rt.load_point_modules(state, dtype=dtype)
+    modules, configs = load_ultrapixel_modules(source, dtype=dtype)
     modules = modules.to(comfy.model_management.unet_offload_device())
     return UltraPixelModel(modules=modules, configs=configs, name=name, dtype=dtype)
 
 
 class UltraPixelLoader(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
-        import folder_paths
-
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraRes_UltraPixelLoader",
             display_name="UltraPixel Loader",
@@ -91,9 +91,7 @@ class UltraPixelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ultrapixel_name, weight_dtype) -> io.NodeOutput:
-        import folder_paths
-
+    def execute(cls, ultrapixel_name: str, weight_dtype: str) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, ultrapixel_name)
         if path is None:
             raise ValueError(f"ultrapixel_name: {ultrapixel_name!r} is not in the models/ultrapixel folders "

@@ -1,37 +1,36 @@
 """UltraPixel Stage C: the whole UltraPixel stage-C job (LR pass, INR, HR pass) in one node.
 
-UltraPixel (Ren et al., 2024), spec §3.2-§3.3 and §3.7 "Node plan": LR pass with capture, then
+UltraPixel (Ren et al., 2024, arXiv:2407.02158), Sec. 3 and Fig. 3: LR pass with capture, then
 the HR pass with the four guidance patches, both with DDPM on the official time grid, CFG with
-the cfg_rho rescale, shift 1, and the x0 of the last HR step as output. The output LATENT goes
-to the stock StableCascade_StageB_Conditioning + KSampler on stage B, then stage A.
+the cfg_rho rescale, shift 1, and the x0 of the last HR step as output, as the official code
+(catcathh/UltraPixel@e85d3bc ``inference/test_t2i.py``, ``inference/utils.py:124-126``) does. The
+output LATENT goes to the stock StableCascade_StageB_Conditioning + KSampler on stage B, then
+stage A.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from comfy_api.latest import io
 
-from ..kernels import ultrapixel as up
-from .ultrapixel_guidance import (
-    Progress,
-    check_compatible,
-    inject_clone,
-    lr_pass,
-    official_sigmas,
-    sample_pass,
-    sampling_inputs,
-    stage_b_latent,
-    validate_size,
-    with_shift,
-)
-from .ultrapixel_loader import ULTRAPIXEL_MODEL
+import comfy.utils
+
+from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
+from ._stage import StageProgress
+from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
+from .ultrapixel_passes import lr_pass, official_sigmas, sample_pass, sampling_inputs, stage_b_latent, validate_size, with_shift
+from .ultrapixel_patch import check_compatible, inject_clone
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import VAE
 
 EFFNET_PX = 32  # stage-C effnet encoder: one latent cell per 32 px
 
 
-def encode_lr_image(image: torch.Tensor, vae, lr_latent_size) -> dict:
+def encode_lr_image(image: torch.Tensor, vae: VAE, lr_latent_size: tuple[int, int]) -> dict:
     """IMAGE -> stage-C latent at the LR size through the stage-C (effnet) VAE, as StableCascade_StageC_VAEEncode does."""
-    import comfy.utils
-
     h, w = lr_latent_size
     pixels = comfy.utils.common_upscale(image.movedim(-1, 1), w * EFFNET_PX, h * EFFNET_PX, "bicubic", "center")
     return {"samples": vae.encode(pixels.movedim(1, -1)[:, :, :, :3])}
@@ -39,7 +38,7 @@ def encode_lr_image(image: torch.Tensor, vae, lr_latent_size) -> dict:
 
 class UltraPixelStageC(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraRes_UltraPixelStageC",
             display_name="UltraPixel Stage C",
@@ -72,27 +71,29 @@ class UltraPixelStageC(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, ultrapixel_model, positive, negative, width, height, seed, steps, cfg,
-                cfg_rescale, shift, batch_size, image=None, vae=None) -> io.NodeOutput:
+    def execute(cls, model: ModelPatcher, ultrapixel_model: UltraPixelModel, positive: Any, negative: Any,
+                width: int, height: int, seed: int, steps: int, cfg: float, cfg_rescale: float, shift: float,
+                batch_size: int, image: torch.Tensor | None = None, vae: VAE | None = None) -> io.NodeOutput:
         validate_size(width, height)
         check_compatible(model, ultrapixel_model)
         lr_latent = None
         if image is not None:
             if vae is None:
                 raise ValueError("vae: an image as LR source needs the stage-C VAE (effnet encoder).")
-            lr_latent = encode_lr_image(image, vae, up.stage_c_latent_size(*up.lr_pixel_size(height, width)))
-        progress = Progress(model, 2 * steps)  # LR + HR; img2img's single LR step advances the bar by `steps`
+            lr_latent = encode_lr_image(image, vae, stage_c_latent_size(*lr_pixel_size(height, width)))
         sampled = with_shift(model, shift)
-        guidance, lr_x0, hr_noise = lr_pass(sampled, positive, negative, width, height, batch_size, seed, steps, cfg,
-                                            cfg_rescale, shift, lr_latent=lr_latent, progress=progress)
-        hr_model, hook = inject_clone(sampled, ultrapixel_model, guidance, float(cfg_rescale))
-        try:
-            sigmas = official_sigmas(sampled, steps)
-            hr = sample_pass(hr_model, hr_noise, positive, negative, cfg, sigmas, torch.zeros_like(hr_noise),
-                             seed, progress)
-        finally:
-            hook.release()  # device copies of the modules and g' go with the run
-            del hr_model
+        # LR + HR; img2img's single LR step advances the bar by `steps`
+        with StageProgress(model, 2 * steps, "UltraPixel Stage C") as progress:
+            guidance, lr_x0, hr_noise = lr_pass(sampled, positive, negative, width, height, batch_size, seed, steps,
+                                                cfg, cfg_rescale, shift, lr_latent=lr_latent, progress=progress)
+            hr_model, hook = inject_clone(sampled, ultrapixel_model, guidance, float(cfg_rescale))
+            try:
+                sigmas = official_sigmas(sampled, steps)
+                hr = sample_pass(hr_model, hr_noise, positive, negative, cfg, sigmas, torch.zeros_like(hr_noise),
+                                 seed, progress, "HR pass")
+            finally:
+                hook.release()  # device copies of the modules and g' go with the run
+                del hr_model
         return io.NodeOutput({"samples": hr}, {"samples": stage_b_latent(hr.shape[0], width, height)}, {"samples": lr_x0})
 
 

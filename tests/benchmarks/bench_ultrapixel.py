@@ -111,6 +111,7 @@ def cuda_models(host):
     import comfy.supported_models
 
     kup = pack(host, "kernels.ultrapixel")
+    kconfig = pack(host, "kernels.ultrapixel_config")
     loader = pack(host, "nodes.ultrapixel_loader")
     device = torch.device("cuda")
     config = comfy.supported_models.Stable_Cascade_C({"stable_cascade_stage": "c"})  # StageC defaults: 3.6B
@@ -124,9 +125,9 @@ def cuda_models(host):
             else:
                 p.fill_(1.0) if name.endswith("weight") else p.zero_()
     patcher = comfy.model_patcher.ModelPatcher(model.eval(), load_device=device, offload_device=torch.device("cpu"))
-    modules = kup.build_ultrapixel_modules(kup.UltraPixelConfig())
-    state = {"module." + kup.CHECKPOINT_PREFIXES[p] + k: v.to(torch.bfloat16)
-             for p in kup.INJECTION_POINTS for k, v in modules[p].state_dict().items()}
+    modules = kup.build_ultrapixel_modules(kconfig.UltraPixelConfig())
+    state = {"module." + kconfig.CHECKPOINT_PREFIXES[p] + k: v.to(torch.bfloat16)
+             for p in kconfig.INJECTION_POINTS for k, v in modules[p].state_dict().items()}
     up_model = loader.load_ultrapixel(state, "random-full", dtype=torch.bfloat16)
     return patcher, up_model, 1280, 1280, CudaPeak
 
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
         parser.error("no ComfyUI folder: pass --comfyui or set ULTRARES_COMFYUI")
     host = ComfyHost.boot(args.comfyui, Path(tempfile.mkdtemp(prefix="ultrares-bench-")),
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
-    gm = pack(host, "nodes.ultrapixel_guidance")
+    passes = pack(host, "nodes.ultrapixel_passes")
+    patch = pack(host, "nodes.ultrapixel_patch")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     stage_c, up_model, w_text, w_pooled, peak_cls = (cuda_models if use_cuda else cpu_models)(host)
     positive = conditioning(w_text, w_pooled, 1)
@@ -174,19 +176,19 @@ def main(argv=None) -> int:
     print(f"UltraPixel stage C benchmark: {label}; {steps} steps per pass, cfg {cfg}, rescale {rho}, DDPM")
     print(f"{'target':>10} {'HR latent':>10} {'LR pass s':>10} {'LR MiB':>8} {'INR 4 pts s':>12} "
           f"{'HR s (INR once)':>16} {'MiB':>8} {'HR s (INR/step)':>16} {'MiB':>8}")
-    sampled = gm.with_shift(stage_c, shift)
+    sampled = passes.with_shift(stage_c, shift)
     # Warm-up (first-call allocations, lazy imports), not reported.
-    gm.lr_pass(sampled, positive, negative, 1024, 1024, 1, 0, 1, cfg, rho, shift)
+    passes.lr_pass(sampled, positive, negative, 1024, 1024, 1, 0, 1, cfg, rho, shift)
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         hr_c = pack(host, "kernels.ultrapixel").stage_c_latent_size(size, size)
         (guidance, _, hr_noise), t_lr, m_lr = timed(
-            lambda: gm.lr_pass(sampled, positive, negative, size, size, 1, 0, steps, cfg, rho, shift), peak_cls)
-        sigmas = gm.official_sigmas(sampled, steps)
-        probe, probe_hook = gm.inject_clone(sampled, up_model, guidance, rho)
+            lambda: passes.lr_pass(sampled, positive, negative, size, size, 1, 0, steps, cfg, rho, shift), peak_cls)
+        sigmas = passes.official_sigmas(sampled, steps)
+        probe, probe_hook = patch.inject_clone(sampled, up_model, guidance, rho)
 
         def inr_all_points():
             with torch.no_grad():
-                for point in gm.PATCH_KEYS:
+                for point in patch.PATCH_KEYS:
                     module = probe_hook.module(point, hr_noise.device if not use_cuda else torch.device("cuda"),
                                                up_model.dtype or torch.float32)
                     module.upscale_guidance(guidance.features[point].to(module.wtokens), hr_c)
@@ -199,12 +201,12 @@ def main(argv=None) -> int:
         for every_step in (False, True):
             best = (math.inf, 0.0)
             for _ in range(max(1, args.repeats)):
-                model, hook = gm.inject_clone(sampled, up_model, guidance, rho)
+                model, hook = patch.inject_clone(sampled, up_model, guidance, rho)
                 if every_step:
                     wrapped = EveryStepHook(hook)
-                    for key in gm.PATCH_KEYS.values():
+                    for key in patch.PATCH_KEYS.values():
                         object.__setattr__(model.object_patches[key], "hook", wrapped)
-                _, t_hr, m_hr = timed(lambda: gm.sample_pass(model, hr_noise, positive, negative, cfg, sigmas,
+                _, t_hr, m_hr = timed(lambda: passes.sample_pass(model, hr_noise, positive, negative, cfg, sigmas,
                                                              torch.zeros_like(hr_noise), 0, None), peak_cls)
                 hook.release()
                 del model

@@ -11,32 +11,16 @@ loaded by the stock ``LoraLoaderModelOnly`` and ComfyUI's own Stable Cascade Con
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 
-STEPS = 2
+from ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling, stage_c_probes, ultrapixel_records  # noqa: F401
+
 SIZE = 128  # HR stage-C latent ceil(128 / 42.67) = 3; the LR pass is 24² whatever the target
 PROBED = "diffusion_model.down_blocks.0.2.attention.attn.to_q.weight"  # inside the E0 patched AttnBlock
 LORA_RANK = 4
 LORA_ALPHA = 2.0
-
-
-@pytest.fixture
-def records(host):
-    """Latents recorded by UltraResTest_RecordUltraPixel and stage-C calls seen by UltraResTest_StageCProbe."""
-    latents = host.module_of("UltraResTest_RecordUltraPixel").RECORDS
-    probes = host.module_of("UltraResTest_StageCProbe").RECORDS
-    latents.clear()
-    probes.clear()
-    yield latents, probes
-    latents.clear()
-    probes.clear()
-
-
-def last(records, tag):
-    found = [r for r in records if r["tag"] == tag]
-    assert found, f"no record {tag!r}"
-    return found[-1]
 
 
 # Synthetic LoRA files in a "loras" folder registered in-process
@@ -95,23 +79,6 @@ def loras(host, tmp_path_factory):
 # Graphs
 
 
-def graph_builder():
-    from comfy_execution.graph_utils import GraphBuilder
-
-    return GraphBuilder(prefix="")
-
-
-def cascade(g):
-    tc = g.node("UltraResTest_TinyCascade", seed=0)
-    pos = g.node("CLIPTextEncode", clip=tc.out(2), text="a castle on a hill")
-    neg = g.node("CLIPTextEncode", clip=tc.out(2), text="blurry")
-    return tc, pos, neg
-
-
-def sampling(seed=1):
-    return dict(width=SIZE, height=SIZE, seed=seed, steps=STEPS, cfg=4.0, cfg_rescale=0.7, shift=1.0)
-
-
 def control(g, pos, neg, strength, colour):
     """Stock ControlNetApplyAdvanced with the tiny Stable Cascade ControlNet and a flat hint image."""
     cn = g.node("UltraResTest_TinyCascadeControlNet", seed=0)
@@ -130,13 +97,13 @@ def stepwise(lora=None, order="lora_then_apply", apply=True, zero_output=False, 
     hr_control: (strength, colour) of a ControlNet on the HR pass's conditioning only.
     """
     g = graph_builder()
-    tc, pos, neg = cascade(g)
+    tc, pos, neg = cascade(g, neg_text="blurry")
     base = tc.out(0)
     lora_model = base
     if lora:
         lora_model = g.node("LoraLoaderModelOnly", model=base, lora_name=lora, strength_model=1.0).out(0)
     lr = g.node("UltraRes_UltraPixelLRGuidance", model=lora_model if lora_in_lr else base,
-                positive=pos.out(0), negative=neg.out(0), **sampling())
+                positive=pos.out(0), negative=neg.out(0), **sampling(width=SIZE, height=SIZE))
     upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=zero_output)
     inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0), width=SIZE, height=SIZE)
 
@@ -165,7 +132,7 @@ def stepwise(lora=None, order="lora_then_apply", apply=True, zero_output=False, 
 
 def all_in_one(lora=None, control_args=None, zero_output=False):
     g = graph_builder()
-    tc, pos, neg = cascade(g)
+    tc, pos, neg = cascade(g, neg_text="blurry")
     model = tc.out(0)
     if lora:
         model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=1.0).out(0)
@@ -175,14 +142,14 @@ def all_in_one(lora=None, control_args=None, zero_output=False):
         positive, negative = control(g, pos, neg, *control_args)
     upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=zero_output)
     sc = g.node("UltraRes_UltraPixelStageC", model=model, ultrapixel_model=upm.out(0), positive=positive,
-                negative=negative, batch_size=1, **sampling())
+                negative=negative, batch_size=1, **sampling(width=SIZE, height=SIZE))
     g.node("UltraResTest_RecordUltraPixel", tag="stage_c", latent=sc.out(0))
     return g.finalize()
 
 
 def run_latent(host, latents, graph, tag="hr"):
     host.run(graph)
-    out = last(latents, tag)["latent"]
+    out = by_tag(latents, tag)["latent"]
     assert torch.isfinite(out).all()
     return out
 
@@ -194,8 +161,8 @@ def differs(a, b):
 # LoRA
 
 
-def test_stock_lora_and_ultrapixel_apply_compose_in_either_order(host, records, loras):
-    latents, probes = records
+def test_stock_lora_and_ultrapixel_apply_compose_in_either_order(host, ultrapixel_records, stage_c_probes, loras):
+    latents, probes = ultrapixel_records, stage_c_probes
     lora_only = run_latent(host, latents, stepwise(lora=loras["all"], apply=False))
     ultrapixel_only = run_latent(host, latents, stepwise())
     lora_then_apply = run_latent(host, latents, stepwise(lora=loras["all"], probe="lora_then_apply"))
@@ -209,39 +176,39 @@ def test_stock_lora_and_ultrapixel_apply_compose_in_either_order(host, records, 
     assert torch.equal(lora_then_apply, apply_then_lora), "object patches and weight patches are independent"
     assert torch.equal(zero_modules, lora_only), "with zero-output modules the wrapper leaves the LoRA'd model exact"
     for tag in ("lora_then_apply", "apply_then_lora"):
-        seen = last(probes, tag)["blocks"]
+        seen = by_tag(probes, tag)["blocks"]
         assert set(seen.values()) == {"UltraPixelAttnBlock"}, (tag, seen)
 
 
 @pytest.mark.parametrize("order", ["lora_then_apply", "apply_then_lora"])
-def test_lora_key_inside_a_patched_attn_block_is_applied(host, records, loras, order):
+def test_lora_key_inside_a_patched_attn_block_is_applied(host, ultrapixel_records, stage_c_probes, loras, order):
     """A LoRA holding only E0's to_q (inside the wrapped AttnBlock) patches the weight the wrapper runs."""
-    latents, probes = records
+    latents, probes = ultrapixel_records, stage_c_probes
     # LR pass on the plain stage C: any HR difference comes from the LoRA inside the patched HR model.
     without = run_latent(host, latents, stepwise(order=order, probe="without", lora_in_lr=False))
     with_lora = run_latent(host, latents, stepwise(lora=loras["to_q"], order=order, probe="with", lora_in_lr=False))
 
     expected = loras["base_weight"] + lora_delta(loras["to_q_tensors"], loras["to_q_prefix"])
-    seen = last(probes, "with")
+    seen = by_tag(probes, "with")
     assert seen["blocks"]["down_blocks.0.2"] == "UltraPixelAttnBlock", "the LoRA'd block is the patched one"
     torch.testing.assert_close(seen["weight"], expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(expected, loras["base_weight"])
-    torch.testing.assert_close(last(probes, "without")["weight"], loras["base_weight"], rtol=0, atol=0)
+    torch.testing.assert_close(by_tag(probes, "without")["weight"], loras["base_weight"], rtol=0, atol=0)
     assert differs(with_lora, without), "the single-key LoRA changes the patched model's output"
 
 
 # Stable Cascade ControlNet
 
 
-def test_stable_cascade_controlnet_on_the_ultrapixel_stage_c(host, records):
-    latents, probes = records
+def test_stable_cascade_controlnet_on_the_ultrapixel_stage_c(host, ultrapixel_records, stage_c_probes):
+    latents, probes = ultrapixel_records, stage_c_probes
     off = run_latent(host, latents, stepwise(probe="off", hr_control=(0.0, 0x808080)))
     grey = run_latent(host, latents, stepwise(probe="grey", hr_control=(1.0, 0x808080)))
     white = run_latent(host, latents, stepwise(probe="white", hr_control=(1.0, 0xFFFFFF)))
     grey_no_up = run_latent(host, latents, stepwise(hr_control=(1.0, 0x808080), apply=False))
 
-    assert last(probes, "off")["control"] is None
-    seen = last(probes, "grey")
+    assert by_tag(probes, "off")["control"] is None
+    seen = by_tag(probes, "grey")
     assert set(seen["blocks"].values()) == {"UltraPixelAttnBlock"}
     # One entry per stage-C ResBlock, popped from the end: down-0 and up-0 (32 channels) get control.
     entries = seen["control"]
@@ -255,8 +222,8 @@ def test_stable_cascade_controlnet_on_the_ultrapixel_stage_c(host, records):
 # The all-in-one node
 
 
-def test_all_in_one_with_lora_and_stable_cascade_controlnet(host, records, loras):
-    latents, probes = records
+def test_all_in_one_with_lora_and_stable_cascade_controlnet(host, ultrapixel_records, stage_c_probes, loras):
+    latents, probes = ultrapixel_records, stage_c_probes
     plain = run_latent(host, latents, all_in_one(), "stage_c")
     probes.clear()
     lora = run_latent(host, latents, all_in_one(lora=loras["all"]), "stage_c")

@@ -10,37 +10,11 @@ import pytest
 import torch
 
 from test_host import saved_image
-
-STEPS = 2
+from ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling, ultrapixel_records  # noqa: F401
 
 
 def fixture_module(host):
     return host.module_of("UltraResTest_RecordUltraPixel")
-
-
-@pytest.fixture
-def records(host):
-    recs = fixture_module(host).RECORDS
-    recs.clear()
-    yield recs
-    recs.clear()
-
-
-def graph_builder():
-    from comfy_execution.graph_utils import GraphBuilder
-
-    return GraphBuilder(prefix="")
-
-
-def cascade(g, pos_text="a castle on a hill", neg_text=""):
-    tc = g.node("UltraResTest_TinyCascade", seed=0)
-    pos = g.node("CLIPTextEncode", clip=tc.out(2), text=pos_text)
-    neg = g.node("CLIPTextEncode", clip=tc.out(2), text=neg_text)
-    return tc, pos, neg
-
-
-def sampling(width=256, height=256, seed=1, steps=STEPS, cfg=4.0, cfg_rescale=0.7, shift=1.0):
-    return dict(width=width, height=height, seed=seed, steps=steps, cfg=cfg, cfg_rescale=cfg_rescale, shift=shift)
 
 
 def stage_b(g, tc, pos, neg, stage_c_latent, stage_b_latent, decode=False):
@@ -58,12 +32,6 @@ def stage_b(g, tc, pos, neg, stage_c_latent, stage_b_latent, decode=False):
     return ks
 
 
-def by_tag(records, tag):
-    found = [r for r in records if r["tag"] == tag]
-    assert found, f"no record {tag!r}"
-    return found[-1]
-
-
 # Loader
 
 
@@ -76,11 +44,11 @@ def loader_graph(name):
 
 @pytest.mark.parametrize("fmt,name", [("pickle", "tiny_pickle_ultrapixel_t2i.safetensors"),
                                       ("safetensors", "tiny_real.safetensors")])
-def test_loader_reads_pickle_and_safetensors_strictly(host, records, fmt, name):
+def test_loader_reads_pickle_and_safetensors_strictly(host, ultrapixel_records, fmt, name):
     fx = fixture_module(host)
     fx.write_tiny_ultrapixel(name, fmt=fmt, seed=3)
     host.run(loader_graph(name))
-    model = by_tag(records, "loaded")["ultrapixel_model"]
+    model = by_tag(ultrapixel_records, "loaded")["ultrapixel_model"]
     expected = fx.tiny_ultrapixel_state(seed=3)
     assert model.channels() == {"E0": 32, "E1": 64, "D0": 64, "D1": 32}, "sizes are read from the file"
     for point, prefix in fx.POINT_PREFIX.items():
@@ -119,21 +87,21 @@ def lr_graph(pos_text, neg_text, steps, seed=1):
 
 
 def last_step_sigma(steps: int) -> float:
-    """sigma of the official grid's last evaluated time t = 1/steps at shift 1 (§3.3)."""
+    """sigma of the official grid's last evaluated time t = 1/steps at shift 1 (cosine schedule of the official ``gdf/``)."""
     t = np.linspace(1.0, 0.0, steps + 1)[-2]
     alpha = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
     return float(np.sqrt((1 - alpha) / alpha))
 
 
-def test_captured_features_are_the_conditional_half_at_the_last_step(host, records):
+def test_captured_features_are_the_conditional_half_at_the_last_step(host, ultrapixel_records):
     # One step: the model input is the same noise whatever the prompts, so the captured
     # features depend only on which half of the CFG batch was kept.
     host.run(lr_graph("a red fox", "a blue whale", steps=1))
-    a = by_tag(records, "lr")["guidance"]
+    a = by_tag(ultrapixel_records, "lr")["guidance"]
     host.run(lr_graph("a red fox", "a red fox", steps=1))
-    same_cond = by_tag(records, "lr")["guidance"]
+    same_cond = by_tag(ultrapixel_records, "lr")["guidance"]
     host.run(lr_graph("a blue whale", "a red fox", steps=1))
-    swapped = by_tag(records, "lr")["guidance"]
+    swapped = by_tag(ultrapixel_records, "lr")["guidance"]
     for point in ("E0", "E1", "D0", "D1"):
         assert a.features[point].shape[0] == 1, "cond half only (batch 1, not 2)"
         assert torch.equal(a.features[point], same_cond.features[point]), point
@@ -143,7 +111,7 @@ def test_captured_features_are_the_conditional_half_at_the_last_step(host, recor
 
     # Several steps: the features kept are those of the last model call (t = 0.05 for 20 steps).
     host.run(lr_graph("a red fox", "", steps=STEPS))
-    g = by_tag(records, "lr")["guidance"]
+    g = by_tag(ultrapixel_records, "lr")["guidance"]
     assert g.sigma == pytest.approx(last_step_sigma(STEPS), rel=1e-4)
 
 
@@ -168,13 +136,13 @@ def hr_graph(zero_output: bool, patched: bool, seed=1):
     return g.finalize()
 
 
-def test_zero_module_output_equals_stock_model_and_real_output_changes_it(host, records):
+def test_zero_module_output_equals_stock_model_and_real_output_changes_it(host, ultrapixel_records):
     host.run(hr_graph(zero_output=False, patched=False))
-    stock = by_tag(records, "hr")["latent"]
+    stock = by_tag(ultrapixel_records, "hr")["latent"]
     host.run(hr_graph(zero_output=True, patched=True))
-    zero = by_tag(records, "hr")["latent"]
+    zero = by_tag(ultrapixel_records, "hr")["latent"]
     host.run(hr_graph(zero_output=False, patched=True))
-    guided = by_tag(records, "hr")["latent"]
+    guided = by_tag(ultrapixel_records, "hr")["latent"]
     assert stock.shape == (1, 16, 6, 6), "HR latent is ceil(256 / 42.67) = 6"
     assert torch.equal(stock, zero)
     assert (guided - stock).abs().mean() > 1e-3 * stock.abs().mean(), "the guidance must act"
@@ -184,24 +152,24 @@ def test_decoder_scale_rule_at_node_level(host):
     """The injected residual is u on the encoder and 0.3 / 0.5 / 0.7 u on the decoder (48² / 72² / 96²)."""
     fx = fixture_module(host)
     loader = fx.pack_module("nodes.ultrapixel_loader")
-    guidance_mod = fx.pack_module("nodes.ultrapixel_guidance")
+    patch = fx.pack_module("nodes.ultrapixel_patch")
+    r_embedding = fx.pack_module("kernels.ultrapixel_norm").r_embedding
     up_model = loader.load_ultrapixel(fx.tiny_ultrapixel_state(seed=1), "tiny")
     gen = torch.Generator().manual_seed(0)
     feats = {p: torch.randn(1, c, 4, 4, generator=gen) for p, c in up_model.channels().items()}
-    data = guidance_mod.UltraPixelGuidanceData(features=feats, sigma=0.1, lr_latent_size=(4, 4))
+    data = patch.LRFeatures(features=feats, sigma=0.1, lr_latent_size=(4, 4))
     model = fx.tiny_models.tiny_cascade("c", 0)
-    clone, hook = guidance_mod.inject_clone(model, up_model, data, 0.0)
+    clone, hook = patch.inject_clone(model, up_model, data, 0.0)
     for point, side, expected in (("E0", 96, 1.0), ("D1", 48, 0.3), ("D0", 72, 0.5), ("D1", 96, 0.7)):
-        if True:
-            key = guidance_mod.PATCH_KEYS[point]
-            c = up_model.channels()[point]
-            out = torch.randn(2, c, side, side, generator=gen)
-            topts = {"cond_or_uncond": [0, 1], "sigmas": torch.tensor([1.0, 1.0])}
-            delta = clone.object_patches[key].hook(point, out, topts) - out
-            module = hook.module(point, out.device, out.dtype)
-            r = model.get_model_object("model_sampling").timestep(torch.tensor([1.0, 1.0]))
-            u = module(out, feats[point].expand(2, -1, -1, -1), fx.pack_module("kernels.ultrapixel").r_embedding(r))
-            torch.testing.assert_close(delta, expected * u, rtol=1e-4, atol=1e-4)
+        key = patch.PATCH_KEYS[point]
+        c = up_model.channels()[point]
+        out = torch.randn(2, c, side, side, generator=gen)
+        topts = {"cond_or_uncond": [0, 1], "sigmas": torch.tensor([1.0, 1.0])}
+        delta = clone.object_patches[key].hook(point, out, topts) - out
+        module = hook.module(point, out.device, out.dtype)
+        r = model.get_model_object("model_sampling").timestep(torch.tensor([1.0, 1.0]))
+        u = module(out, feats[point].expand(2, -1, -1, -1), r_embedding(r))
+        torch.testing.assert_close(delta, expected * u, rtol=1e-4, atol=1e-4)
     hook.release()
     assert not hook.modules and not hook.g_up
 
@@ -221,28 +189,28 @@ def all_in_one_graph(seed=1, neg_text="", decode=False):
     return g.finalize(), save.id
 
 
-def test_all_in_one_feeds_stage_b_and_stage_a_and_is_seeded(host, records):
+def test_all_in_one_feeds_stage_b_and_stage_a_and_is_seeded(host, ultrapixel_records):
     graph, save_id = all_in_one_graph(seed=1, decode=True)
     image = saved_image(host, host.run(graph), save_id)
-    first = by_tag(records, "stage_c")["latent"]
-    b_first = by_tag(records, "stage_b")["latent"]
+    first = by_tag(ultrapixel_records, "stage_c")["latent"]
+    b_first = by_tag(ultrapixel_records, "stage_b")["latent"]
     assert image.shape == (256, 256, 3)
-    assert first.shape == (1, 16, 6, 6) and by_tag(records, "lr_stage_c")["latent"].shape == (1, 16, 24, 24)
+    assert first.shape == (1, 16, 6, 6) and by_tag(ultrapixel_records, "lr_stage_c")["latent"].shape == (1, 16, 24, 24)
     assert b_first.shape == (1, 4, 64, 64)
     assert torch.isfinite(first).all() and torch.isfinite(b_first).all()
 
     host.run(all_in_one_graph(seed=2)[0])
-    assert not torch.allclose(by_tag(records, "stage_c")["latent"], first), "another seed changes it"
+    assert not torch.allclose(by_tag(ultrapixel_records, "stage_c")["latent"], first), "another seed changes it"
     host.run(all_in_one_graph(seed=1, neg_text="blurry, low quality")[0])
-    assert not torch.allclose(by_tag(records, "stage_c")["latent"], first), "the negative prompt is used"
+    assert not torch.allclose(by_tag(ultrapixel_records, "stage_c")["latent"], first), "the negative prompt is used"
 
     result = host.run(graph)  # seed 1 again: the sampler nodes run again (their cached inputs changed since)
     assert {n for n, v in graph.items() if v["class_type"] == "UltraRes_UltraPixelStageC"} <= result.executed
-    assert torch.equal(by_tag(records, "stage_c")["latent"], first), "same seed, same stage-C latent"
+    assert torch.equal(by_tag(ultrapixel_records, "stage_c")["latent"], first), "same seed, same stage-C latent"
     assert np.array_equal(saved_image(host, result, save_id), image), "same seed, same image"
 
 
-def test_step_wise_graph_feeds_stage_b(host, records):
+def test_step_wise_graph_feeds_stage_b(host, ultrapixel_records):
     g = graph_builder()
     tc, pos, neg = cascade(g)
     lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0), **sampling())
@@ -253,11 +221,11 @@ def test_step_wise_graph_feeds_stage_b(host, records):
                 seed=1, steps=STEPS, cfg=4.0, sampler_name="ddpm", scheduler="simple", denoise=1.0)
     stage_b(g, tc, pos, neg, ks.out(0), inr.out(2))
     host.run(g.finalize())
-    out = by_tag(records, "stage_b")["latent"]
+    out = by_tag(ultrapixel_records, "stage_b")["latent"]
     assert out.shape == (1, 4, 64, 64) and torch.isfinite(out).all()
 
 
-def test_img2img_lr_latent_changes_the_guidance(host, records):
+def test_img2img_lr_latent_changes_the_guidance(host, ultrapixel_records):
     def run(source: str):
         g = graph_builder()
         tc, pos, neg = cascade(g)
@@ -270,7 +238,7 @@ def test_img2img_lr_latent_changes_the_guidance(host, records):
                     lr_latent=lr_in, **sampling())
         g.node("UltraResTest_RecordUltraPixel", tag="lr", latent=lr.out(1), guidance=lr.out(0))
         host.run(g.finalize())
-        return by_tag(records, "lr")["guidance"]
+        return by_tag(ultrapixel_records, "lr")["guidance"]
 
     a, b = run("zeros"), run("sampled")
     assert a.features["E0"].shape == b.features["E0"].shape == (1, 32, 24, 24)
@@ -279,9 +247,9 @@ def test_img2img_lr_latent_changes_the_guidance(host, records):
 
 
 def test_official_sigma_grid_on_comfyui_sampling(host):
-    """§3.3: shift 1 on ComfyUI's StableCascadeSampling gives the official sigmas and r = t."""
+    """Shift 1 on ComfyUI's StableCascadeSampling gives the official sigmas and r = t."""
     fx = fixture_module(host)
-    gm = fx.pack_module("nodes.ultrapixel_guidance")
+    gm = fx.pack_module("nodes.ultrapixel_passes")
     model = fx.tiny_models.tiny_cascade("c", 0)
     assert float(model.get_model_object("model_sampling").shift) == 2.0, "ComfyUI's stage-C default"
     sampled = gm.with_shift(model, 1.0)
@@ -295,7 +263,7 @@ def test_official_sigma_grid_on_comfyui_sampling(host):
     assert gm.with_shift(sampled, 1.0) is sampled, "no second patch when the shift already matches"
 
 
-def test_all_in_one_img2img_uses_the_image_as_lr_source(host, records):
+def test_all_in_one_img2img_uses_the_image_as_lr_source(host, ultrapixel_records):
     def run(colour: float | None, with_vae=True):
         g = graph_builder()
         tc, pos, neg = cascade(g)
@@ -311,7 +279,7 @@ def test_all_in_one_img2img_uses_the_image_as_lr_source(host, records):
         g.node("UltraResTest_RecordUltraPixel", tag="stage_c", latent=sc.out(0))
         g.node("UltraResTest_RecordUltraPixel", tag="lr_stage_c", latent=sc.out(2))
         host.run(g.finalize())
-        return by_tag(records, "stage_c")["latent"], by_tag(records, "lr_stage_c")["latent"]
+        return by_tag(ultrapixel_records, "stage_c")["latent"], by_tag(ultrapixel_records, "lr_stage_c")["latent"]
 
     dark, dark_lr = run(0.1)
     bright, bright_lr = run(0.9)

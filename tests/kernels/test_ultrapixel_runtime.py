@@ -1,4 +1,8 @@
-"""UltraPixel run-time helpers (docs/algorithms.md §3.3 sampler/CFG, §3.6 checkpoint layout)."""
+"""UltraPixel sampler math and per-point sizes read from a checkpoint.
+
+Reference values follow the official code (catcathh/UltraPixel@e85d3bc ``gdf/``: cosine schedule,
+``cfg_rho`` rescale; ``train/train_t2i.py:262-281``: checkpoint layout).
+"""
 from __future__ import annotations
 
 import math
@@ -6,27 +10,28 @@ import math
 import pytest
 import torch
 
-from ultrares.kernels.ultrapixel import CHECKPOINT_PREFIXES, INJECTION_POINTS, UltraPixelConfig, build_ultrapixel_modules
-from ultrares.kernels.ultrapixel_checkpoint import ultrapixel_checkpoint_shapes
-from ultrares.kernels.ultrapixel_runtime import cfg_rescale, infer_point_configs, load_point_modules, time_grid
+from ultrares.kernels.ultrapixel import build_ultrapixel_modules
+from ultrares.kernels.ultrapixel_config import CHECKPOINT_PREFIXES, INJECTION_POINTS, UltraPixelConfig
+from ultrares.kernels.ultrapixel_sampling import cfg_rescale, time_grid
+from ultrares.kernels.ultrapixel_weights import infer_point_configs, load_ultrapixel_modules, ultrapixel_checkpoint_shapes
 
-# §3.3: ComfyUI sigmas of the official 20-step stage-C grid at shift 1 (last replaced by 0).
-SPEC_SIGMAS_20 = [99.995, 12.80727, 6.36459, 4.19954, 3.10373, 2.43544, 1.9807, 1.64777, 1.39075, 1.18408,
+# ComfyUI sigmas of the official 20-step stage-C grid at shift 1 (last replaced by 0).
+OFFICIAL_SIGMAS_20 = [99.995, 12.80727, 6.36459, 4.19954, 3.10373, 2.43544, 1.9807, 1.64777, 1.39075, 1.18408,
                   1.01239, 0.86585, 0.73787, 0.62383, 0.52038, 0.42499, 0.33572, 0.25099, 0.16944, 0.08976, 0.0]
 
 
 def cosine_sigma(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
-    """The official cosine schedule (§3.3), written out here: ā clamped to [1e-4, 0.9999]."""
+    """The official cosine schedule (``gdf/``, s = 0.008), written out here: ā clamped to [1e-4, 0.9999]."""
     alpha = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
     alpha = alpha.clamp(1e-4, 0.9999)
     return ((1 - alpha) / alpha).sqrt()
 
 
-def test_time_grid_gives_the_spec_sigmas():
+def test_time_grid_gives_the_official_sigmas():
     t = time_grid(20)
     assert t[0] == 1.0 and t[-1] == 0.0 and t[-2].item() == pytest.approx(0.05)
     sigmas = torch.cat([cosine_sigma(t[:-1]), torch.zeros(1, dtype=t.dtype)])
-    assert sigmas.tolist() == pytest.approx(SPEC_SIGMAS_20, rel=2e-5, abs=1e-5)
+    assert sigmas.tolist() == pytest.approx(OFFICIAL_SIGMAS_20, rel=2e-5, abs=1e-5)
     with pytest.raises(ValueError, match="steps"):
         time_grid(0)
 
@@ -60,10 +65,10 @@ def test_per_point_sizes_are_read_and_loaded_strictly():
     gen = torch.Generator().manual_seed(1)
     state = {}
     for point in INJECTION_POINTS:
-        cfg = UltraPixelConfig(ind=small[point], ch=32, n_head=1, n_groups=8, f_dim=32, n_freq=16)
-        module = build_ultrapixel_modules(cfg, generator=gen)[point]
+        config = UltraPixelConfig(ind=small[point], ch=32, n_head=1, n_groups=8, f_dim=32, n_freq=16)
+        module = build_ultrapixel_modules(config, generator=gen)[point]
         state |= {"module." + CHECKPOINT_PREFIXES[point] + k: v for k, v in module.state_dict().items()}
-    modules, configs = load_point_modules(state)
+    modules, configs = load_ultrapixel_modules(state)
     assert {p: c.ind for p, c in configs.items()} == small
     assert configs["E0"].n_freq == 16 and configs["E0"].n_groups == 8 and configs["E0"].n_head == 1
     for point in INJECTION_POINTS:
