@@ -261,7 +261,7 @@ def inject_clone(model: ModelPatcher, up_model: UltraPixelModel, guidance: LRFea
     if rescale > 0.0:
         clone.set_model_sampler_cfg_function(rescale_cfg_function(rescale))
 
-    def release_after_run(executor, *args, **kwargs):
+    def release_after_run(executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return executor(*args, **kwargs)
         finally:

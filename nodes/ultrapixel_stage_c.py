@@ -19,7 +19,15 @@ import comfy.utils
 from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
 from ._stage import StageProgress
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
-from .ultrapixel_passes import lr_pass, official_sigmas, sample_pass, sampling_inputs, stage_b_latent, validate_size, with_shift
+from .ultrapixel_passes import (
+    lr_pass,
+    official_sigmas,
+    sample_pass,
+    sampling_inputs,
+    stage_b_latent,
+    validate_size,
+    with_shift,
+)
 from .ultrapixel_patch import check_compatible, inject_clone
 
 if TYPE_CHECKING:

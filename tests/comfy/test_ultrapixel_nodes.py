@@ -1,7 +1,8 @@
 """UltraPixel nodes on the real host: strict loading, capture, injection, full Stable Cascade graphs.
 
 Tiny stage C / stage B / CLIP from ``UltraResTest_TinyCascade`` (c_hidden [32, 64]) and tiny
-UltraPixel weights matching it (``tests/fixtures/ultrares_testing/tiny_ultrapixel.py``).
+UltraPixel weights matching it (``tests/fixtures/ultrares_testing/tiny_ultrapixel.py``). "Official"
+means the official code, catcathh/UltraPixel@e85d3bc (sampler and schedule in ``gdf/``).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def lr_graph(pos_text, neg_text, steps, seed=1):
 
 
 def last_step_sigma(steps: int) -> float:
-    """sigma of the official grid's last evaluated time t = 1/steps at shift 1 (cosine schedule of the official ``gdf/``)."""
+    """sigma of the official grid's last evaluated time t = 1/steps at shift 1 (cosine schedule of ``gdf/``)."""
     t = np.linspace(1.0, 0.0, steps + 1)[-2]
     alpha = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
     return float(np.sqrt((1 - alpha) / alpha))
