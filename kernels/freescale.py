@@ -1,15 +1,18 @@
 """FreeScale kernels: Scale Fusion, restrained dilation and tailored self-cascade helpers.
 
 FreeScale (Qiu et al., 2024), "FreeScale: Unleashing the Resolution of Diffusion Models via
-Tuning-Free Scale Fusion". Behaviour follows the official code as described in
-``docs/algorithms.md`` section 2 (and section 0 for the schedule conventions):
+Tuning-Free Scale Fusion", arXiv:2412.09626. Behaviour follows the official code,
+ali-vilab/FreeScale@d5a2256 (file:line references below are to that commit), with timesteps as
+ComfyUI's ``ddim_uniform`` scheduler gives them (Comfy-Org/ComfyUI ``comfy/samplers.py``):
 
-* §2.5 Scale Fusion: the self-attention output is ``blur(L) + G − blur(G)``, with ``L`` the
-  overlap-averaged windowed (local) self-attention, ``G`` the global (or, in fast mode, dilated)
-  self-attention and ``blur`` a 3-D Gaussian over (h, w, channels).
-* §2.4 restrained dilated convolution: dilation factor and the set of dilated steps.
-* §2.2 / §2.3 tailored self-cascade: cosine skip-residual weight ``c1`` (optionally with a
-  per-pixel exponent from a region mask) and the blend ``x ← (1 − c1)·x + c1·N_i``.
+* Scale Fusion (``scale_attention.py:83-286``): the self-attention output is ``blur(L) + G − blur(G)``,
+  with ``L`` the overlap-averaged windowed (local) self-attention, ``G`` the global (or, in fast mode,
+  dilated) self-attention and ``blur`` a 3-D Gaussian over (h, w, channels).
+* restrained dilated convolution (``pipeline_freescale.py:901-945``): dilation factor and the set of
+  dilated steps.
+* tailored self-cascade (``pipeline_freescale.py:855-994``): cosine skip-residual weight ``c1``
+  (optionally with a per-pixel exponent from a region mask, ``pipeline_freescale_imgen.py:917-944``)
+  and the blend ``x ← (1 − c1)·x + c1·N_i``.
 
 Pure PyTorch: nothing from ComfyUI is imported here. Shapes: tokens ``X`` are ``(B, N, C)`` with
 ``N = h·w`` in row-major order; token maps are ``(B, h, w, C)``; latents are ``(B, C, H, W)``.
@@ -29,7 +32,7 @@ AttnFn = Callable[[torch.Tensor], torch.Tensor]
 """Self-attention callable ``(B', N', C) -> (B', N', C_out)`` (incl. output projection)."""
 
 BASE_PX: int = 1024
-"""Base window in image px for SDXL (128 latent px). The turbo variant uses 512 (§2.5)."""
+"""Base window in image px for SDXL (128 latent px). The turbo variant uses 512 (``scale_attention_turbo.py``)."""
 
 NUM_TRAIN_TIMESTEPS: int = 1000
 
@@ -41,14 +44,17 @@ NUM_TRAIN_TIMESTEPS: int = 1000
 def scale_numbers(H_px: int, W_px: int, base_px: int = BASE_PX) -> tuple[int, int]:
     """Scale numbers ``(n_h, n_w) = (H_px // base, W_px // base)``, each at least 1.
 
-    FreeScale (Qiu et al., 2024), spec §2.5. The official code divides by ``n_w`` and builds a
-    ``2·n − 1`` kernel; clamping to 1 keeps targets below ``base_px`` from crashing.
+    FreeScale (Qiu et al., 2024), Scale Fusion. The official code (``scale_attention.py:94-97``) divides
+    by ``n_w`` and builds a ``2·n − 1`` kernel; clamping to 1 keeps targets below ``base_px`` from crashing.
     """
     return max(1, int(H_px) // base_px), max(1, int(W_px) // base_px)
 
 
 def blur_kernel_size(n_h: int, n_w: int) -> int:
-    """Gaussian kernel size ``K = 2·max(n_h, n_w) − 1`` (3 at 2048², 7 at 4096²), spec §2.5."""
+    """Gaussian kernel size ``K = 2·max(n_h, n_w) − 1`` (3 at 2048², 7 at 4096²).
+
+    As the official ``scale_attention.py:162,172``.
+    """
     return 2 * max(n_h, n_w, 1) - 1
 
 
@@ -57,7 +63,8 @@ class WindowLayout:
     """Local-attention windows over an ``h × w`` token map zero-padded by ``(r_h, r_w)``.
 
     ``views`` holds ``(h0, h1, w0, w1)`` in *padded* coordinates (offset ``+r``), all of size
-    ``win_h × win_w``, row-major over (row, column) as in the official ``get_views``.
+    ``win_h × win_w``, row-major over (row, column) as in the official ``get_views``
+    (``scale_attention.py:24-81``).
     """
 
     h: int
@@ -74,14 +81,14 @@ class WindowLayout:
 def window_size(h: int, w: int, H_px: int, W_px: int, base_px: int = BASE_PX) -> tuple[int, int]:
     """Token window ``(win_h, win_w)`` for an ``h × w`` map of a ``H_px × W_px`` target.
 
-    FreeScale (Qiu et al., 2024), spec §2.5. Officially the window is ``128/f`` tokens on the long
+    FreeScale (Qiu et al., 2024), ``scale_attention.py:113-122``. Officially the window is ``128/f`` tokens on the long
     axis with ``f = 128·n_h/h`` latent px per token, and keeps the image aspect on the short
     axis: i.e. it spans ``1/max(n_h, n_w)`` of *each* axis of the map (e.g. 2048×4096 at
     64×128 tokens → 16×32). We compute exactly that, ``(h // n, w // n)`` with ``n = max(n_h, n_w)``,
     from the real ``(h, w)``.
-    Deviation (⚠ spec): the official code infers ``(h, w)`` from ``N`` and the short-axis window
-    from ``n_h/n_w``, which is only right for multiples of ``base_px``; here the short axis follows
-    the true map aspect, so e.g. 2048×1536 gets ``(h/2, w/2)`` windows instead of ``(h/2, w/3)``.
+    Deviation from the official code (``scale_attention.py:114-122``), which infers ``(h, w)`` from
+    ``N`` and the short-axis window from ``n_h/n_w``, only right for multiples of ``base_px``; here the
+    short axis follows the true map aspect, so e.g. 2048×1536 gets ``(h/2, w/2)`` windows instead of ``(h/2, w/3)``.
     For multiples of ``base_px`` window, stride and jitter range equal the official ones (checked
     for every H, W in 1024..8192 at token maps H/8..H/64).
     Below ``base_px`` or for ``n = 1`` the window is the whole map (single window).
@@ -112,13 +119,14 @@ def get_views(
     jitter: bool = True,
     generator: torch.Generator | None = None,
 ) -> WindowLayout:
-    """Window layout with 50 % overlap and seeded jitter, FreeScale (Qiu et al., 2024), §2.5.
+    """Window layout with 50 % overlap and seeded jitter, FreeScale (Qiu et al., 2024).
 
     ``win`` from :func:`window_size`, ``stride = win // 2``, jitter range ``r = win // 8``; the
     map is zero-padded by ``r`` so all views are shifted by ``+r``. Each view draws its own
-    ``(jitter_h, jitter_w)``. Deviation (⚠ spec): the official jitter uses unseeded Python
-    ``random``; here it comes from ``generator`` and is zero when ``jitter`` is False or
-    ``generator`` is None. ``stride`` is clamped to ≥ 1 (1-token windows would divide by zero).
+    ``(jitter_h, jitter_w)``. Deviation from the official code: its jitter (``get_views``,
+    ``scale_attention.py:24-81``) uses unseeded Python ``random``; here it comes from ``generator``
+    and is zero when ``jitter`` is False or ``generator`` is None. ``stride`` is clamped to ≥ 1
+    (1-token windows would divide by zero).
     """
     win_h, win_w = window_size(h, w, H_px, W_px, base_px)
     stride_h, stride_w = max(1, win_h // 2), max(1, win_w // 2)
@@ -161,7 +169,7 @@ def windowed_attention(
 ) -> torch.Tensor:
     """Local self-attention ``L`` on overlapping windows, averaged over the overlaps.
 
-    FreeScale (Qiu et al., 2024), spec §2.5 default mode steps 1–3: zero-pad the map by ``r``,
+    FreeScale (Qiu et al., 2024), official default mode (``scale_attention.py:138-175``): zero-pad the map by ``r``,
     run ``attn`` on every view, accumulate value/count, crop the padding, ``L = value/count``.
     All views have the same size, so they are stacked into the batch dimension and run in
     ``ceil(V / max_views_per_call)`` calls (``None`` = one call). Returns ``(B, N, C_out)``.
@@ -189,7 +197,7 @@ def windowed_attention(
             value[:, h0:h1, w0:w1] += out[k]
             count[h0:h1, w0:w1] += 1
     assert value is not None
-    # Explicit end indices: the official ``[r:-r]`` crop is empty (crash) when r = 0 (⚠ §2.8).
+    # Explicit end indices: the official ``[r:-r]`` crop (``scale_attention.py:138-175``) is empty (crash) when r = 0.
     value = value[:, r_h : r_h + h, r_w : r_w + w]  # (B, h, w, C_out)
     count = count[r_h : r_h + h, r_w : r_w + w].to(value.dtype)
     L = torch.where(count > 0, value / count.clamp(min=1), value)
@@ -199,13 +207,13 @@ def windowed_attention(
 def dilated_global_attention(
     X: torch.Tensor, h: int, w: int, attn: AttnFn, n_h: int, n_w: int
 ) -> torch.Tensor:
-    """Fast-mode global part: attention over strided sub-grids, FreeScale (Qiu et al., 2024) §2.5.
+    """Fast-mode global part: attention over strided sub-grids, FreeScale (Qiu et al., 2024).
 
     For each offset ``(a, b)`` in ``n_h × n_w`` attend over the tokens ``[a::n_h, b::n_w]`` and
     scatter back (every token lies in exactly one sub-grid, so no averaging is needed).
     Sub-grids of equal shape are batched into one ``attn`` call; a map not divisible by
     ``(n_h, n_w)`` yields up to four shapes and is handled group by group (the official code
-    assumes square, equal sub-grids). ``n`` is clamped to ``[1, h]``/``[1, w]``. Returns
+    assumes square, equal sub-grids; ``scale_attention.py:177-225``). ``n`` is clamped to ``[1, h]``/``[1, w]``. Returns
     ``(B, N, C_out)``.
     """
     B, N, C = X.shape
@@ -240,7 +248,7 @@ def dilated_global_attention(
 def gaussian_blur_3d(Y: torch.Tensor, kernel_size: int, sigma: float = 1.0) -> torch.Tensor:
     """Separable Gaussian over (h, w, **channels**) with zero padding, per batch element.
 
-    FreeScale (Qiu et al., 2024), spec §2.5 (⚠ the blur is 3-D): the official ``conv3d`` with a
+    FreeScale (Qiu et al., 2024). The blur is 3-D: the official ``conv3d`` (``scale_attention.py:8-22``) with a
     ``K×K×K`` product kernel treats ``(h, w, C)`` as a volume. A product kernel with zero padding
     equals three 1-D passes, done here as shifted weighted sums (no permutes). Taps come from
     kornia's normalised 1-D Gaussian. ``Y`` is ``(B, h, w, C)``; computed in ≥ float32 and
@@ -283,7 +291,7 @@ def scale_fusion(
 ) -> torch.Tensor:
     """Scale Fusion self-attention output ``blur(L) + G − blur(G)``, FreeScale (Qiu et al., 2024).
 
-    Spec §2.5. ``X`` ``(B, N, C)`` is the norm1 output over an ``h × w`` token map of a
+    Official ``scale_attention.py:83-286``. ``X`` ``(B, N, C)`` is the norm1 output over an ``h × w`` token map of a
     ``target_hw = (H_px, W_px)`` image; ``attn`` is the whole self-attention module incl. its
     output projection (the blur mixes channels, so fusion must happen after ``to_out``).
     ``L`` = windowed local attention (:func:`windowed_attention`), ``G`` = ``attn(X)`` over all
@@ -314,20 +322,24 @@ def scale_fusion(
 
 
 def dilation_factor(W_px: int, base_px: int = BASE_PX) -> int:
-    """Restrained dilation ``d = W_px // 1024`` (width only, ⚠ §2.8), at least 1. Spec §2.4.
+    """Restrained dilation ``d = W_px // 1024`` (width only, as the official code), at least 1.
 
-    FreeScale (Qiu et al., 2024): 2 at 2048, 4 at 4096; padding is set to ``d`` as well.
+    FreeScale (Qiu et al., 2024), ``pipeline_freescale.py:901-945``: 2 at 2048, 4 at 4096; padding is
+    set to ``d`` as well.
     """
     return max(1, int(W_px) // base_px)
 
 
 def restart_step(steps: int, fraction: float = 0.3) -> int:
-    """First step of an upscaling stage, ``int(fraction·steps)`` (15 of 50; turbo 0.5), §2.2."""
+    """First step of an upscaling stage, ``int(fraction·steps)`` (15 of 50; turbo 0.5).
+
+    As the official ``pipeline_freescale.py:697-699``.
+    """
     return int(fraction * steps)
 
 
 def cosine_factor(t: float | torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """``c(t) = ½·(1 + cos(π·(T − t)/T))`` on the 0..T−1 timestep scale, spec §2.2 item 5."""
+    """``c(t) = ½·(1 + cos(π·(T − t)/T))`` on the 0..T−1 timestep scale, ``pipeline_freescale.py:897-899``."""
     t = torch.as_tensor(t, dtype=torch.float64)
     T = float(num_train_timesteps)
     return 0.5 * (1.0 + torch.cos(math.pi * (T - t) / T))
@@ -336,7 +348,7 @@ def cosine_factor(t: float | torch.Tensor, num_train_timesteps: int = NUM_TRAIN_
 def mask_exponent(
     mask: torch.Tensor, cosine_scale: float, cosine_scale_bg: float = 1.0
 ) -> torch.Tensor:
-    """Per-pixel exponent ``mask·cosine_scale + (1 − mask)·cosine_scale_bg``, spec §2.3.
+    """Per-pixel exponent ``mask·cosine_scale + (1 − mask)·cosine_scale_bg``, ``pipeline_freescale_imgen.py:941-944``.
 
     The official mask is binary (pixel ≠ 0) resized nearest to the latent; soft masks
     interpolate the exponent linearly.
@@ -349,9 +361,10 @@ def skip_residual_weight(
     scale: float | torch.Tensor,
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
 ) -> torch.Tensor:
-    """``c1 = c(t)^scale``, spec §2.2 item 5 / §2.3; ``scale`` may be a per-pixel tensor.
+    """``c1 = c(t)^scale``; ``scale`` may be a per-pixel tensor.
 
-    FreeScale (Qiu et al., 2024). For cosine_scale 2: t 681 → 0.592, 581 → 0.392, 481 → 0.221.
+    FreeScale (Qiu et al., 2024), official ``pipeline_freescale.py:897-899`` and
+    ``pipeline_freescale_imgen.py:941-944``. For cosine_scale 2: t 681 → 0.592, 581 → 0.392, 481 → 0.221.
     Returned in float64 for scalars, else in ``scale``'s floating dtype (the official imgen
     pipeline casts to fp16; we keep full precision).
     """
@@ -363,7 +376,7 @@ def skip_residual_weight(
 
 
 def skip_residual(x: torch.Tensor, N_i: torch.Tensor, c1: float | torch.Tensor) -> torch.Tensor:
-    """Skip-residual blend ``x ← (1 − c1)·x + c1·N_i``, spec §2.2 item 5 (returns a new tensor).
+    """Skip-residual blend ``x ← (1 − c1)·x + c1·N_i``, ``pipeline_freescale.py:897-899`` (returns a new tensor).
 
     ``N_i`` is the upsampled latent noised to step ``i``; ``c1`` a scalar or a tensor that
     broadcasts against ``x`` (e.g. ``(B, 1, H, W)`` from a mask).
@@ -378,7 +391,7 @@ def dilation_active(
     sample_sigmas: torch.Tensor,
     dilate_percent: float,
 ) -> bool:
-    """σ-schedule form of ``i < dilate_tau``, FreeScale (Qiu et al., 2024) spec §2.4.
+    """σ-schedule form of ``i < dilate_tau``, FreeScale (Qiu et al., 2024), ``pipeline_freescale.py:901-945``.
 
     ``sample_sigmas`` is the whole schedule of the sampling run (``steps + 1`` values, ending in
     0); ``dilate_percent`` the fraction of its steps that are dilated (``dilate_tau / steps``,
@@ -404,10 +417,11 @@ def region_exponent(
     cosine_scale_bg: float,
     batch: int,
 ) -> torch.Tensor:
-    """Per-pixel skip-residual exponent from a region mask, FreeScale (Qiu et al., 2024) §2.3.
+    """Per-pixel skip-residual exponent from a region mask, FreeScale (Qiu et al., 2024).
 
-    ``mask`` ``(H, W)`` or ``(B_m, H, W)`` at any resolution is made binary (``mask ≠ 0``, as the
-    official imgen pipeline does), resized *nearest* to the latent ``size = (h, w)`` and turned
+    Region-aware detail control. ``mask`` ``(H, W)`` or ``(B_m, H, W)`` at any resolution is made
+    binary (``mask ≠ 0``) and resized *nearest* to the latent ``size = (h, w)``, as the official imgen
+    pipeline does (``pipeline_freescale_imgen.py:73-78, 917-923``), and turned
     into ``mask·cosine_scale + (1 − mask)·cosine_scale_bg``. Returns ``(batch, 1, h, w)``
     float32; a mask batch is cycled to ``batch``.
     """
@@ -422,7 +436,7 @@ def region_exponent(
 
 
 def upsample_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """RGB-space upsampling of the self-cascade, FreeScale (Qiu et al., 2024) §2.2 item 2.
+    """RGB-space upsampling of the self-cascade, FreeScale (Qiu et al., 2024), ``pipeline_freescale.py:866-879``.
 
     Bicubic ``F.interpolate`` (no antialias, no clamp) of a ``(B, H, W, C)`` image to
     ``size = (H', W')``, computed in float32. Returns ``(B, H', W', C)``.
@@ -447,10 +461,10 @@ def sample_self_cascade(
     restart_index: int,
     exponent: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024) §3.3, Eq. (5).
+    """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024), paper Fig. 2(a).
 
     A k-diffusion sampler (``model(x, σ·s_in, **extra_args) -> x0``, callback dict with ``x``,
-    ``i``, ``sigma``, ``sigma_hat``, ``denoised``), as ``pipeline_freescale.py`` of
+    ``i``, ``sigma``, ``sigma_hat``, ``denoised``), as ``pipeline_freescale.py:855-994`` of
     ali-vilab/FreeScale@d5a2256 runs it: starts at step ``r = restart_index`` from
     ``N_r = x_up + σ_r·n`` (so ``x``, the noised start a sampler is normally given, is not used)
     and for every step ``i ≥ r`` applies the skip residual ``x ← (1 − c1)·x + c1·(x_up + σ_i·n)``

@@ -67,8 +67,9 @@ class _PatchRun:
                             .to(self.device, non_blocking=True) for b in boxes])
 
     def step(self, k: int, boxes: list[PatchBox]) -> tuple[torch.Tensor, int]:
-        """Advance the pixels of ``boxes`` still at step ``k`` by one step (official steps 3-10).
+        """Advance the pixels of ``boxes`` still at step ``k`` by one step.
 
+        One pass of the official loop body after the patch choice (``pixelsmith_pipeline.py:1747-1948``).
         Returns the patches' x0 prediction and the number of pixels advanced.
         """
         n = len(boxes)
@@ -166,7 +167,7 @@ def sample_pixelsmith(
     device: torch.device | str | None = None,
     signal_scales: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Pixelsmith patch sampler with the Slider (Tragakis et al., 2024, §3; official loop above).
+    """Pixelsmith patch sampler with the Slider (Tragakis et al., 2024, paper Fig. 3; official loop above).
 
     A k-diffusion sampler. From the start ``x`` (normally ``G[0]``, :func:`start_latent`) it
     repeats, until every pixel has taken all ``N`` steps: pick window(s) R around pixels furthest

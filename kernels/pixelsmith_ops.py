@@ -1,8 +1,11 @@
 """Pixelsmith (Tragakis et al., 2024): guidance operators and patch selection (pure PyTorch).
 
-Phase fusion (spec §1.6), chessboard mask (§1.7), closed-form guidance (§1.11), revert, band
-average and write-back (§1.5 steps 6 and 9) and the choice of patch windows (§1.5 step 1). The
-sampler that chains them is ``kernels/pixelsmith.py``; spec = ``docs/algorithms.md``.
+FFT phase fusion and the chess-like guidance mask (paper Fig. 3), guidance formed per patch in closed
+form, revert, band average and write-back of overlapping patches (paper Figs. 2 and 8) and the choice
+of patch windows. Paper: Tragakis et al., "Is One GPU Enough? Pushing Image Generation at
+Higher-Resolutions with Foundation Models", NeurIPS 2024, arXiv:2406.07251. Official code:
+Thanos-DB/Pixelsmith@28c992b ``pixelsmith_pipeline.py`` (the line numbers below are in that file).
+The sampler that chains them is ``kernels/pixelsmith.py``.
 """
 from __future__ import annotations
 
@@ -18,12 +21,12 @@ _REJECTION_DRAWS = 256
 
 
 # --------------------------------------------------------------------------------------------- #
-# Guidance operators (spec §1.6, §1.7, §1.11)
+# Guidance operators (official ``pixelsmith_pipeline.py:1716-1720, 1772-1801``)
 # --------------------------------------------------------------------------------------------- #
 
 
 def phase_fusion(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """FFT phase fusion of Pixelsmith (spec §1.6).
+    """FFT phase fusion of Pixelsmith (paper Fig. 3; official ``pixelsmith_pipeline.py:1772-1787``).
 
     With orthonormal ``rfft2`` over the last two dims, ``Y = F(y)`` and ``Γ = F(g)``, the result is
     ``F⁻¹(|Y| · e^{iφ})`` with ``φ = arg(e^{i arg Y} + e^{i arg Γ})``: the amplitude of the current
@@ -50,9 +53,10 @@ def phase_fusion(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def draw_chessboard_coins(
     n: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the fair coins ``(sd, sl)`` of the chessboard phase (spec §1.5 step 5), one pair each.
+    """Draw the fair coins ``(sd, sl)`` of the chessboard phase, one pair each.
 
-    Returns two int64 CPU tensors of shape ``(n,)`` with values in {0, 1}.
+    As the official ``pixelsmith_pipeline.py:1793-1801``. Returns two int64 CPU tensors of shape
+    ``(n,)`` with values in {0, 1}.
     """
     coins = torch.randint(0, 2, (n, 2), generator=generator, device=generator.device)
     return coins[:, 0].cpu(), coins[:, 1].cpu()
@@ -66,7 +70,7 @@ def chessboard_mask(
     offset: tuple[int, int] = (0, 0),
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Chessboard guidance mask M with 1×1 latent-px cells (spec §1.7, official ``d_rate = 2``).
+    """Chessboard guidance mask M with 1×1 latent-px cells (official ``d_rate = 2``, ``pixelsmith_pipeline.py:1793``).
 
     ``M[u, v] = 1`` iff ``(u + u0) + (v + v0) + sd + sl`` is even, with patch-local coords
     ``(u, v)`` and ``offset = (u0, v0)``, the coords of the window's first pixel in the frame the
@@ -87,7 +91,7 @@ def chessboard_mask(
 def guidance_patch(
     z_up: torch.Tensor, n: torch.Tensor, sigma: float, box: PatchBox, alpha: float = 1.0
 ) -> torch.Tensor:
-    """Guidance ``G_k[R] = α_k · z_up[R] + σ_k · n[R]``, formed per patch (spec §1.4, §1.11, §1.12).
+    """Guidance ``G_k[R] = α_k · z_up[R] + σ_k · n[R]``, formed per patch (``pixelsmith_pipeline.py:1716-1720``).
 
     With ``α = 1`` this is the k-space form of the official ``sqrt(ā) z_up + sqrt(1 - ā) n``; forming
     it on the fly replaces the S full-size copies the official code keeps, exactly. ``α ≠ 1`` is
@@ -101,12 +105,12 @@ def guidance_patch(
 
 
 # --------------------------------------------------------------------------------------------- #
-# Overlap handling (spec §1.5 steps 6 and 9)
+# Overlap handling (paper Figs. 2 and 8; official loop ``pixelsmith_pipeline.py:1747-1948``)
 # --------------------------------------------------------------------------------------------- #
 
 
 def revert(y: torch.Tensor, y_prev: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Revert advanced pixels to the round's snapshot: ``m·y + (1 - m)·y_prev`` (spec §1.5 step 6).
+    """Revert advanced pixels to the round's snapshot: ``m·y + (1 - m)·y_prev`` (paper Fig. 2).
 
     ``m`` (bool, broadcastable to ``y``) is 1 where the pixel is still at the patch's noise level.
     """
@@ -114,7 +118,7 @@ def revert(y: torch.Tensor, y_prev: torch.Tensor, m: torch.Tensor) -> torch.Tens
 
 
 def averaging_band(m: torch.Tensor, band: int = 10) -> torch.Tensor:
-    """Band B of the 50/50 overlap average (spec §1.5 step 9, §1.14 item 3).
+    """Band B of the 50/50 overlap average (paper Fig. 8; ``pixelsmith_pipeline.py:1919-1930``).
 
     B = pixels with ``m = 0`` within Chebyshev distance ``≤ band`` of some ``m = 1`` pixel of the
     same patch, found by a ``(2·band + 1)²`` max-pool dilation of m. The official code finds the
@@ -138,10 +142,10 @@ def averaging_band(m: torch.Tensor, band: int = 10) -> torch.Tensor:
 def write_back(
     x_patch: torch.Tensor, y_next: torch.Tensor, m: torch.Tensor, band: int = 10
 ) -> torch.Tensor:
-    """New value of ``x[R]`` after a patch step (spec §1.5 step 9).
+    """New value of ``x[R]`` after a patch step (official ``pixelsmith_pipeline.py:1919-1930``).
 
     ``y_next`` where ``m = 1``; ``(y_next + x[R]) / 2`` in the band B (``averaging_band``); the old
-    ``x[R]`` elsewhere. A hard 50/50 average, no ramp (spec §1.13).
+    ``x[R]`` elsewhere. A hard 50/50 average, no ramp, as in the official code.
 
     Args:
         x_patch: current ``x[R]``, ``(..., h, w)``.
@@ -154,7 +158,7 @@ def write_back(
 
 
 # --------------------------------------------------------------------------------------------- #
-# Patch selection (spec §1.5 step 1)
+# Patch selection (official ``get_value_coordinates`` in the loop, ``pixelsmith_pipeline.py:1747-1948``)
 # --------------------------------------------------------------------------------------------- #
 
 
@@ -196,11 +200,12 @@ def select_patches(
     max_patches: int,
     generator: torch.Generator,
 ) -> list[PatchBox]:
-    """Choose up to ``max_patches`` disjoint windows on pixels furthest behind (spec §1.5 step 1).
+    """Choose up to ``max_patches`` disjoint windows on pixels furthest behind.
 
     Each centre is uniform among pixels with ``tau == k`` (the current max τ) whose clamped window
     does not overlap the windows already chosen in this call. The first choice is exactly the
-    official rule; ``max_patches = 1`` is the official sampler. Uniform draws are done by rejection
+    official rule (``get_value_coordinates``, ``pixelsmith_pipeline.py:1747-1948``); ``max_patches = 1``
+    is the official sampler. Uniform draws are done by rejection
     sampling over the whole map (cheap on gigapixel latents), with an exact fallback over all
     eligible pixels, so the choice is uniform either way.
 
@@ -244,7 +249,7 @@ def round_grid(
 ) -> list[PatchBox]:
     """All windows of one ``fast`` round, in random order: a grid covering every pixel.
 
-    Deviation from the official random centres (spec §1.5 step 1), for ``fast`` mode only: a round
+    Deviation from the official random centres (``pixelsmith_pipeline.py:1747-1948``), for ``fast`` mode only: a round
     is covered by a grid of windows, ceil(H/P)·ceil(W/P) of them when ``shifted`` is False (the
     fewest possible) and one more row and column when it is True, the grid then being offset by a
     random amount in [1, P) on each axis so the seams of those rounds fall somewhere new. The

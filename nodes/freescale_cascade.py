@@ -1,7 +1,9 @@
 """FreeScale tailored self-cascade: a custom SAMPLER and the all-in-one FreeScale Upscale node.
 
-FreeScale (Qiu et al., 2024), spec §2.2/§2.3/§2.7. An upscaling stage starts from the previous
-stage's image upsampled in RGB space and re-encoded (``x_up``), restarts at step
+FreeScale (Qiu et al., arXiv:2412.09626, 2024): tailored self-cascade upscaling and region-aware
+detail control (paper Fig. 2(a)); official code ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py:855-994``
+and ``pipeline_freescale_imgen.py:917-944``. An upscaling stage starts from the previous stage's
+image upsampled in RGB space and re-encoded (``x_up``), restarts at step
 ``int(0.3·steps)`` from ``x_up + σ_r·n`` and, before every model call, pulls the state back
 toward ``x_up + σ_i·n`` by the cosine-decaying skip residual ``c1 = c(t)^cosine_scale`` (per
 pixel with a region mask). The loop lives in ``kernels/freescale.py``
@@ -88,7 +90,7 @@ COSINE_SCALE_TIP = ("Detail strength, paper cosine_scale (exponent of c(t) in c1
                     "weaker pull toward the upsampled image = more new detail. Paper 2.0; 1–3 (≤ 1 for 8K).")
 COSINE_SCALE_BG_TIP = ("Exponent outside the mask (paper cosine_scale_bg, default 1.0; its region script uses 0.5 "
                        "with cosine_scale 3). Only used with a mask.")
-MASK_TIP = ("Optional region mask (paper §region-aware detail control): non-zero pixels use cosine_scale, zero "
+MASK_TIP = ("Optional region mask (paper: region-aware detail control): non-zero pixels use cosine_scale, zero "
             "pixels cosine_scale_bg. Made binary (≠ 0) and resized nearest to the latent.")
 
 

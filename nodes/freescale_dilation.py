@@ -1,6 +1,7 @@
 """FreeScale restrained dilated convolution as a model patch.
 
-FreeScale (Qiu et al., 2024), spec §2.4. The 3×3 convolutions of the deepest UNet level (the
+FreeScale (Qiu et al., 2024); official code ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py:901-945``.
+The 3×3 convolutions of the deepest UNet level (the
 downsample into it, its res blocks) and of the middle block run with dilation ``d`` and padding
 ``d``, ``d = target_width // base_size``, during the first ``dilate_percent`` of the steps; the
 up-blocks are never dilated (the "restrained" part).
@@ -47,13 +48,13 @@ def _dilatable(layer: torch.nn.Module) -> bool:
 
 
 def restrained_dilation_layers(diffusion_model: torch.nn.Module) -> list[str]:
-    """3×3 convs FreeScale dilates, derived from the UNet structure (spec §2.4, generalised).
+    """3×3 convs FreeScale dilates, derived from the UNet structure (the official list, generalised).
 
     The stride-2 conv of the last ``Downsample`` (into the deepest level), ``in_layers``/
     ``out_layers`` convs of every res block after it in ``input_blocks``, and those of the
     middle block's res blocks. For SDXL this is exactly the official list
     (``input_blocks.6.0.op``, the convs of ``input_blocks.7``/``8`` and of ``middle_block.0``/``2``,
-    ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py``); for SD1.x it is input_blocks.9.0.op,
+    ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py:901-945``); for SD1.x it is input_blocks.9.0.op,
     10, 11 and the middle block.
     """
     input_blocks = getattr(diffusion_model, "input_blocks", None)
@@ -101,7 +102,7 @@ class RestrainedDilation:
             active = float(sigmas.max()) > self.fallback_sigma
         if not active:
             return 1
-        # Target size from the latent actually sampled (spec: width only, d = W_px // 1024).
+        # Target size from the latent actually sampled (width only, d = W_px // 1024, as the official code).
         return freescale.dilation_factor(int(x.shape[-1]) * self.config.latent_px, self.config.base_px)
 
     def __call__(self, executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -1,6 +1,7 @@
 """FreeScale Scale Fusion as a model patch: every UNet self-attention becomes global + local fused.
 
-FreeScale (Qiu et al., 2024), spec §2.5/§2.7. Each ``attn1`` of the UNet's transformer blocks is
+FreeScale (Qiu et al., 2024), Scale Fusion (paper Fig. 2(b)); official code ali-vilab/FreeScale@d5a2256
+``scale_attention.py:83-286``. Each ``attn1`` of the UNet's transformer blocks is
 object-patched on a clone of the model with :class:`ScaleFusionAttention`, which runs the
 original module (ComfyUI's optimized attention, never an explicit N×N matrix) on overlapping
 windows and on the whole map, then fuses them after the output projection, as the 3-D blur

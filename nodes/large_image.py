@@ -1,7 +1,7 @@
 """Save Large Image: tile-by-tile VAE decode streamed into a PNG or BigTIFF file, bounded RAM.
 
 The end of the Pixelsmith gigapixel path. The official code (Thanos-DB/Pixelsmith@28c992b
-``autoencoder_kl.py``, tiled decode) decodes 64-latent tiles and assembles the whole image in CPU
+``autoencoder_kl.py:324-446``, tiled decode) decodes 64-latent tiles and assembles the whole image in CPU
 RAM; here each row of latent tiles is decoded, blended with its neighbours (``kernels/tiling.py``:
 separable linear ramps normalised by the weight sum) and the rows no later tile touches are written to disk at once, so RAM holds about one band
 of tiles whatever the image size. The file is written under a ``.part`` name and renamed when

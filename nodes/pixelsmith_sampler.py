@@ -1,7 +1,7 @@
 """Pixelsmith (Tragakis et al., NeurIPS 2024) as a ComfyUI SAMPLER: guided patch denoising with the Slider.
 
 The loop itself is ``kernels/pixelsmith.py`` (after the official pipeline,
-Thanos-DB/Pixelsmith@28c992b ``pixelsmith_pipeline.py``); the per-patch conditioning is
+Thanos-DB/Pixelsmith@28c992b ``pixelsmith_pipeline.py:1716-1948``); the per-patch conditioning is
 ``nodes/pixelsmith_conditioning.py``.
 
 How it plugs into ComfyUI
@@ -312,8 +312,9 @@ class PixelsmithSamplerNode(io.ComfyNode):
                 "the upscaled latent patch by patch at the model's native size, starting from the noised "
                 "upscaled image and guiding the first S steps (the Slider) with its phase (FFT fusion) "
                 "and a chessboard of its pixels. Feed it the upscaled guidance latent as latent_image, "
-                "any guider (CFGGuider, cfg 7.5) and BasicScheduler ddim_uniform 50 steps (the official "
-                "DDIM schedule). Works with any image model with a spatial latent (SD1.5, SDXL with "
+                "any guider (CFGGuider, cfg 7.5) and BasicScheduler ddim_uniform 50 steps (the DDIM "
+                "schedule of the official code, Thanos-DB/Pixelsmith). Works with any image model with a "
+                "spatial latent (SD1.5, SDXL with "
                 "per-patch crop conditioning, SD3, Flux-class). Cost: about 2x a tiling of the image "
                 "in patch calls per step (faithful); fast mode batches patches. Memory is constant in "
                 "the image size on the device. For huge latents SamplerCustomAdvanced's "
