@@ -33,7 +33,8 @@ def starts(length: int, size: int, stride: int, offset: int = 0) -> list[int]:
     ``stride <= size`` they cover every position. ``length <= size`` gives the single start 0.
 
     * overlapping tiles with at least ``overlap`` shared px: ``stride = size - overlap``;
-    * 50 %-overlap windows (FreeScale, Qiu et al. 2024, §3.2): ``stride = size // 2``;
+    * 50 %-overlap windows (FreeScale, ali-vilab/FreeScale@d5a2256 ``scale_attention.py:24-81``):
+      ``stride = size // 2``;
     * a grid shifted by ``offset`` (Pixelsmith ``fast`` rounds): ``stride = size``.
     """
     if size < 1 or stride < 1 or offset < 0:
