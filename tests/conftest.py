@@ -1,31 +1,16 @@
-"""Test-wide setup: make the pack importable as the package ``ultrares``.
+"""Test-wide setup: the pack importable as the package ``ultrares``, and the ``--comfyui`` option.
 
-The checkout folder may have any name (ComfyUI users clone it as ``ComfyUI-UltraRes`` or
-``ultrares``), so the package is registered from its ``__init__.py`` instead of by folder name.
+The harness (``tests/harness``) is importable as ``harness``: pytest puts ``tests/`` on
+``sys.path`` (``pythonpath`` in pyproject.toml).
 """
-import importlib.util
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+from harness.pack import register_pack
 
-
-def _register_pack(name: str = "ultrares"):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_register_pack()
+register_pack()
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--comfyui", default=None,
-        help="ComfyUI folder to test against (default: $ULTRARES_COMFYUI). Built by tests/host/build_host.sh.")
+        help="ComfyUI folder to test against (default: $ULTRARES_COMFYUI). Built by scripts/build_host.sh.")

@@ -1,6 +1,6 @@
 """Shared set-up of the benchmarks: boot ComfyUI, build the SDXL-class model, meter the calls.
 
-* CPU: the tests' in-process host (``tests/host/comfy_host.py``, forces ``--cpu``) with the tiny
+* CPU: the tests' in-process host (``tests/harness/comfy_host.py``, forces ``--cpu``) with the tiny
   seeded SDXL-class UNet of the test fixtures.
 * CUDA: ComfyUI's modules imported the same way without ``--cpu``, and a randomly initialised
   full-size SDXL UNet built from ComfyUI's own SDXL model class (no weight file), fp16.
@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import tempfile
 import threading
@@ -19,7 +18,11 @@ import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "host"))
+# The one path set-up of the benchmark scripts (each imports this module first): the harness
+# package lives in tests/harness.
+sys.path.insert(0, str(ROOT / "tests"))
+from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost  # noqa: E402
+from harness.pack import register_pack  # noqa: E402
 
 # SDXL base UNet as ComfyUI's model detection reports it for sd_xl_base_1.0.
 SDXL_BASE_UNET = {
@@ -35,8 +38,6 @@ SDXL_BASE_UNET = {
 def boot(comfy_dir: Path, cuda: bool, module: str):
     """Import ComfyUI and the pack; return (the pack's ``nodes.<module>``, fixtures module or None)."""
     if not cuda:
-        from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
-
         work = Path(tempfile.mkdtemp(prefix="ultrares_bench_"))
         host = ComfyHost.boot(comfy_dir, work, packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
         package = next(c.__module__ for c in host.node_classes.values()
@@ -51,11 +52,7 @@ def boot(comfy_dir: Path, cuda: bool, module: str):
     import comfy.cli_args  # noqa: F401
     import utils.extra_config  # noqa: F401  (before anything imports ComfyUI's `nodes`)
 
-    spec = importlib.util.spec_from_file_location("ultrares", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["ultrares"] = pack
-    spec.loader.exec_module(pack)
+    register_pack()
     return importlib.import_module(f"ultrares.nodes.{module}"), None
 
 
@@ -86,14 +83,53 @@ def sdxl_model(cuda: bool, fixtures):
     return patcher, cond(), cond()
 
 
+class RssPeak:
+    """Peak resident memory of this process, sampled in a thread while the ``with`` block runs.
+
+    ``base`` is the level at entry, ``peak`` the highest level seen (at least ``base``).
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.base = self.peak = self.proc.memory_info().rss
+
+    def __enter__(self):
+        self.base = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def delta_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
 class Meter:
-    """Diffusion-model calls, rows and time inside them (as a keyed wrapper); peak RSS in a thread."""
+    """Diffusion-model calls, rows and time inside them (as a keyed wrapper); peak RSS (``RssPeak``).
+
+    ``base_rss`` is the level when the meter is made, ``peak_rss`` the highest seen since.
+    """
 
     def __init__(self, cuda: bool):
         self.cuda, self.calls, self.rows, self.inside = cuda, 0, 0, 0.0
-        self.proc = psutil.Process()
-        self.base_rss = self.peak_rss = self.proc.memory_info().rss
-        self._stop = threading.Event()
+        self._rss = RssPeak(interval=0.005)
+        self.base_rss = self._rss.base
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.base_rss, self._rss.peak)
 
     def wrapper(self, executor, *args, **kwargs):
         if self.cuda:
@@ -107,17 +143,9 @@ class Meter:
         self.rows += int(args[0].shape[0])
         return out
 
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
     def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._rss.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+        self._rss.__exit__(*exc)

@@ -7,7 +7,7 @@ steps), ``normal`` (FreeScale as in the paper: Scale Fusion with full global att
 timed: it depends only on the VAE.
 
 * CPU (default when no CUDA): the tiny seeded SDXL-class UNet of the test fixtures, booted through
-  ``tests/host/comfy_host.py`` like the tests. Times show the pack's overhead and its scaling
+  ``tests/harness/comfy_host.py`` like the tests. Times show the pack's overhead and its scaling
   with size, not what SDXL costs. Peak memory = peak process RSS (sampled every 5 ms), also
   shown as the rise above the level before the run.
 * CUDA (when available, or ``--device cuda``): a randomly initialised full-size SDXL UNet built
@@ -67,12 +67,15 @@ def run_one(cascade, patcher, pos, neg, size: int, mode: str, steps: int, cuda: 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--comfyui", default=os.environ.get("ULTRARES_COMFYUI"), help="ComfyUI folder (default: $ULTRARES_COMFYUI)")
+    ap.add_argument("--comfyui", default=os.environ.get("ULTRARES_COMFYUI"),
+                    help="ComfyUI folder (default: $ULTRARES_COMFYUI)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--sizes", type=int, nargs="+", help="square target sides in px (default: CPU 2048 4096, CUDA 2048 4096 8192)")
+    ap.add_argument("--sizes", type=int, nargs="+",
+                    help="square target sides in px (default: CPU 2048 4096, CUDA 2048 4096 8192)")
     ap.add_argument("--modes", nargs="+", default=["plain", "normal", "fast"], choices=["plain", "normal", "fast"])
     ap.add_argument("--steps", type=int, default=None,
-                    help="ddim_uniform steps of the schedule; 70%% of them run after the restart (default: CPU 10, CUDA 50)")
+                    help="ddim_uniform steps of the schedule; 70%% of them run after the restart "
+                         "(default: CPU 10, CUDA 50)")
     args = ap.parse_args()
     if not args.comfyui:
         ap.error("pass --comfyui DIR or set ULTRARES_COMFYUI")
@@ -94,8 +97,9 @@ def main():
         for mode in args.modes:
             r = run_one(cascade, patcher, pos, neg, size, mode, steps, cuda)
             results.append(r)
-            print(f"{r['size']:>6}² {r['mode']:>7} {r['wall']:>9.2f} {r['wall'] / max(1, r['calls']):>8.2f} {r['calls']:>6} "
-                  f"{r['inside']:>8.0%} {r['peak_dev']:>13.2f} {r['peak_rss']:>13.2f} {r['rss_rise']:>13.2f}", flush=True)
+            print(f"{r['size']:>6}² {r['mode']:>7} {r['wall']:>9.2f} {r['wall'] / max(1, r['calls']):>8.2f} "
+                  f"{r['calls']:>6} {r['inside']:>8.0%} {r['peak_dev']:>13.2f} {r['peak_rss']:>13.2f} "
+                  f"{r['rss_rise']:>13.2f}", flush=True)
     for size in sizes:
         by = {r["mode"]: r for r in results if r["size"] == size}
         if "plain" in by:

@@ -1,7 +1,7 @@
 """Benchmark of the Pixelsmith sampler (faithful vs fast) inside ComfyUI's CFGGuider.
 
 CPU (default when no CUDA): the tiny seeded SDXL-class UNet of the test fixtures, booted through
-``tests/host/comfy_host.py`` like the tests. CUDA: a randomly initialised full-size SDXL UNet
+``tests/harness/comfy_host.py`` like the tests. CUDA: a randomly initialised full-size SDXL UNet
 built from ComfyUI's own SDXL model class and SDXL's UNet config (no weights needed), fp16.
 
 Per resolution and mode it prints: wall time, model calls, fraction of the wall time spent
@@ -79,7 +79,8 @@ def main():
         for mode in args.modes:
             r = run_one(sampler_mod, mp, pos, neg, size, mode, steps, slider, cuda, args.patch_batch)
             results.append(r)
-            print(f"{r['size']:>6}² {r['mode']:>9} {r['wall']:>9.2f} {r['calls']:>7} {r['patches']:>8} {r['inside']:>8.0%} "
+            print(f"{r['size']:>6}² {r['mode']:>9} {r['wall']:>9.2f} {r['calls']:>7} {r['patches']:>8} "
+                  f"{r['inside']:>8.0%} "
                   f"{r['peak_dev']:>13.2f} {r['peak_rss']:>13.2f}", flush=True)
     for size in sizes:
         by = {r["mode"]: r for r in results if r["size"] == size}

@@ -30,10 +30,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench_common import ROOT, Meter
+from bench_common import Meter  # script folder on sys.path; puts tests/ (the harness) there too
+from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost, image_tensor
+from harness.graphs import DEMO_METHODS as METHODS
+from harness.graphs import DEMO_NATIVE as NATIVE
+from harness.graphs import demo_base_graph, demo_method_graph
+from harness.pack import register_pack
 
-sys.path.insert(0, str(ROOT / "tests" / "comfy"))
-from graphs import DEMO_METHODS as METHODS, DEMO_NATIVE as NATIVE, demo_base_graph, demo_method_graph  # noqa: E402
 
 def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
     """Two panels: % images with exactly one object, and texture distance, per method and scale."""
@@ -96,10 +99,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    sys.path.insert(0, str(ROOT))
-    from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
-    from demo import metrics
-    from demo.data import random_classes, render
+    register_pack()
+    from ultrares.demo import metrics
+    from ultrares.demo.data import random_classes, render
 
     host = ComfyHost.boot(args.comfyui, Path(tempfile.mkdtemp(prefix="ultrares_quality_")),
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
@@ -110,13 +112,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     base_result = host.run(graph)
     base_s = time.perf_counter() - start
-    base = host.saved_images(base_result, "base_save")
+    base = image_tensor(host.saved_images(base_result, "base_save"))
     counts = metrics.count_objects(base)
     print(f"base {NATIVE}²: {args.samples} samples in {base_s:.1f} s; objects mean {np.mean(counts):.2f}, "
           f"exactly one {100 * np.mean(np.array(counts) == 1):.0f} %", flush=True)
 
     rows = []
-    print("\n| scale | method | objects (mean) | exactly one % | SSIM to base | texture distance | wall s | peak RSS rise GiB |")
+    print("\n| scale | method | objects (mean) | exactly one % | SSIM to base | texture distance | wall s "
+          "| peak RSS rise GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for scale in args.scales:
         grid = {"base": base[0]}
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 result = host.run({**graph, **nodes})
                 wall = time.perf_counter() - start
-            images = host.saved_images(result, f"{method}.save")
+            images = image_tensor(host.saved_images(result, f"{method}.save"))
             found = np.array(metrics.count_objects(images))
             row = {"scale": scale, "method": method, "objects": float(found.mean()),
                    "one_pct": float(100 * (found == 1).mean()),

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_ultrapixel.py [--comfyui DIR] [--sizes 2048,4096,5120] [--steps 20] [--repeats 2]
 
-Boots a real ComfyUI (``tests/host/comfy_host.py``) and runs the pack's own code paths
+Boots a real ComfyUI (``tests/harness/comfy_host.py``) and runs the pack's own code paths
 (``lr_pass``, ``inject_clone``, ``sample_pass``: ComfyUI's DDPM sampler, CFG 4 with rescale 0.7,
 shift 1) for each size, with the INR upscale g -> g' computed once per size (the pack's
 behaviour) and, for comparison, recomputed at every model call.
@@ -24,47 +24,13 @@ import math
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
-from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost  # noqa: E402
-
-
-class RssPeak:
-    """Peak resident memory of this process above its level at start, sampled in a thread."""
-
-    def __init__(self, interval: float = 0.002):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-
-    def __enter__(self):
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def delta_mib(self) -> float:
-        return (self.peak - self.base) / 2**20
+from bench_common import RssPeak  # script folder on sys.path; puts tests/ (the harness) there too
+from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost
 
 
 class CudaPeak:

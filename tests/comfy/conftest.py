@@ -1,23 +1,10 @@
 """In-process ComfyUI: booted once per test session with ``--cpu``, the pack and the test fixtures."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
-from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost  # noqa: E402
-
-
-def comfy_dir_option(config) -> Path:
-    value = config.getoption("--comfyui") or os.environ.get("ULTRARES_COMFYUI")
-    if not value:
-        raise pytest.UsageError(
-            "no ComfyUI to test against: pass --comfyui DIR or set ULTRARES_COMFYUI "
-            "(tests/host/build_host.sh builds one; see README 'Run the tests')")
-    return Path(value)
+from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost, comfy_dir_option
+from harness.records import cleared_records
 
 
 @pytest.fixture(scope="session")
@@ -26,16 +13,9 @@ def host(pytestconfig, tmp_path_factory) -> ComfyHost:
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
 
 
-def cleared_records(host, node_id: str, name: str):
-    """Yield the (cleared) record list ``name`` of the test-fixture module defining ``node_id``."""
-    records = getattr(host.module_of(node_id), name)
-    records.clear()
-    yield records
-    records.clear()
-
-
 @pytest.fixture
 def probe_records(host):
+    """Calls recorded by ``UltraResTest_ModelProbe``."""
     yield from cleared_records(host, "UltraResTest_ModelProbe", "PROBE_RECORDS")
 
 
@@ -43,3 +23,15 @@ def probe_records(host):
 def records(host):
     """Calls recorded by ``UltraResTest_FreeScaleProbe``."""
     yield from cleared_records(host, "UltraResTest_FreeScaleProbe", "FREESCALE_RECORDS")
+
+
+@pytest.fixture
+def ultrapixel_records(host):
+    """Latents, guidance and models recorded by ``UltraResTest_RecordUltraPixel``."""
+    yield from cleared_records(host, "UltraResTest_RecordUltraPixel", "ULTRAPIXEL_RECORDS")
+
+
+@pytest.fixture
+def stage_c_probes(host):
+    """Stage-C calls seen by ``UltraResTest_StageCProbe``."""
+    yield from cleared_records(host, "UltraResTest_StageCProbe", "STAGE_C_PROBE_RECORDS")

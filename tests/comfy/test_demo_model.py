@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_host import PACK_ROOT
-from graphs import demo_base_graph, demo_method_graph
-from run_workflow import load_prompt
+from harness.comfy_host import PACK_ROOT, image_tensor
+from harness.graphs import demo_base_graph, demo_method_graph
+from harness.workflow_format import load_prompt
 
 SAMPLES = 8
 
@@ -67,8 +67,8 @@ def test_shipped_weights_load_as_comfyui_models(host):
 def test_base_render_has_one_object_and_direct_4x_repeats_it(host):
     m, _ = metrics(host)
     result = host.run(graph("direct"))
-    base = m.count_objects(host.saved_images(result, "base_save"))
-    direct = m.count_objects(host.saved_images(result, "direct.save"))
+    base = m.count_objects(image_tensor(host.saved_images(result, "base_save")))
+    direct = m.count_objects(image_tensor(host.saved_images(result, "direct.save")))
     assert base.count(1) >= SAMPLES - 1, base
     assert np.mean(direct) >= 2 and direct.count(1) <= SAMPLES // 4, direct
 
@@ -77,10 +77,10 @@ def test_base_render_has_one_object_and_direct_4x_repeats_it(host):
 def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, method):
     m, _ = metrics(host)
     result = host.run(graph("direct", method))
-    images = host.saved_images(result, f"{method}.save")
+    images = image_tensor(host.saved_images(result, f"{method}.save"))
     assert images.shape[-2:] == (512, 512)
     counts = m.count_objects(images)
-    direct = m.count_objects(host.saved_images(result, "direct.save"))
+    direct = m.count_objects(image_tensor(host.saved_images(result, "direct.save")))
     assert counts.count(1) >= direct.count(1) + SAMPLES // 2, (counts, direct)
     assert np.median(counts) < np.median(direct) / 2, (counts, direct)
 
@@ -93,6 +93,6 @@ def test_shipped_demo_workflow_renders_every_image(host):
     for node_id, node in prompt.items():
         if node["class_type"] == "SaveImage":
             sizes[node["inputs"]["filename_prefix"].split("/")[-1]] = \
-                tuple(host.saved_images(result, node_id).shape[-2:])
+                tuple(host.saved_images(result, node_id).shape[1:3])
     assert sizes == {"0_base_128": (128, 128), "1_direct_512": (512, 512), "2_pixelsmith_256": (256, 256),
                      "3_pixelsmith_512": (512, 512), "4_freescale_256": (256, 256), "5_freescale_512": (512, 512)}

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from test_host import saved_image
-
 
 def _base(g, kind, size, seed=2):
     ckpt = g.node("UltraResTest_TinyCheckpoint", kind=kind, seed=0)
@@ -55,7 +53,8 @@ def upscale_graph(kind="sdxl", base=64, resolutions="128", seed=5, steps=3, prob
 
     g = GraphBuilder(prefix="")
     ckpt, pos, neg, ks = _base(g, kind, base)
-    latent = ks.out(0) if base_from_sampler else g.node("EmptyLatentImage", width=base, height=base, batch_size=1).out(0)
+    latent = (ks.out(0) if base_from_sampler
+              else g.node("EmptyLatentImage", width=base, height=base, batch_size=1).out(0))
     model = ckpt.out(0)
     if probe_tag:
         model = g.node("UltraResTest_FreeScaleProbe", model=model, tag=probe_tag, interrupt_at=interrupt_at).out(0)
@@ -70,7 +69,7 @@ def upscale_graph(kind="sdxl", base=64, resolutions="128", seed=5, steps=3, prob
 
 def check_restart_schedule(host, records, kind):
     g, save = modular_graph(kind=kind, steps=5, tag=f"restart-{kind}")
-    img = saved_image(host, host.run(g), save)
+    img = host.saved_images(host.run(g), save)[0]
     assert img.shape == (128, 128, 3)
     calls = [r for r in records if r["tag"] == f"restart-{kind}"]
     # restart at int(0.3·5) = 1: steps 1..4 of the 5-step ddim_uniform schedule, one call each.
@@ -135,7 +134,7 @@ def test_upscale_two_stages_one_progress_bar_with_previews(host, records, monkey
 
 def check_two_stages(host, records, kind):
     g, save, node = upscale_graph(kind=kind, resolutions="128, 192x128", steps=4, probe_tag=f"up-{kind}")
-    img = saved_image(host, host.run(g), save)
+    img = host.saved_images(host.run(g), save)[0]
     assert img.shape == (128, 192, 3), "WxH: 192 wide, 128 high"
     calls = [r for r in records if r["tag"] == f"up-{kind}"]
     # 4 steps, restart int(1.2) = 1 -> 3 calls per stage; stage latents 16×16 then 16×24.
@@ -158,7 +157,8 @@ def test_2048x1536_target_with_fusion_and_dilation(host, records):
     model = g.node("UltraRes_FreeScaleRestrainedDilation", model=model, dilate_percent=1.0, base_size=1024).out(0)
     model = g.node("UltraResTest_FreeScaleProbe", model=model, tag="big", interrupt_at=0).out(0)
     x_up = g.node("EmptyLatentImage", width=2048, height=1536, batch_size=1)
-    sampler = g.node("UltraRes_FreeScaleSelfCascadeSampler", cosine_scale=2.0, restart_percent=0.75, cosine_scale_bg=1.0)
+    sampler = g.node("UltraRes_FreeScaleSelfCascadeSampler", cosine_scale=2.0, restart_percent=0.75,
+                     cosine_scale_bg=1.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="ddim_uniform", steps=4, denoise=1.0)
     guider = g.node("CFGGuider", model=model, positive=pos.out(0), negative=neg.out(0), cfg=1.0)  # no uncond pass
     sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=1).out(0), guider=guider.out(0),
@@ -174,9 +174,9 @@ def test_2048x1536_target_with_fusion_and_dilation(host, records):
 
 def test_upscale_seeded_interruptible_and_tiled(host, records, monkeypatch):
     g, save, node = upscale_graph(seed=11, probe_tag="a")
-    a = saved_image(host, host.run(g), save)
+    a = host.saved_images(host.run(g), save)[0]
     g, save, _ = upscale_graph(seed=12, probe_tag="a")
-    c = saved_image(host, host.run(g), save)
+    c = host.saved_images(host.run(g), save)[0]
     assert not np.array_equal(a, c), "another seed changes the stage noise"
 
     g, save, _ = upscale_graph(seed=11, probe_tag="stopped", interrupt_at=2)
@@ -187,14 +187,15 @@ def test_upscale_seeded_interruptible_and_tiled(host, records, monkeypatch):
     g, save, _ = upscale_graph(seed=11, probe_tag="b")
     result = host.run(g)
     assert node in result.executed, "re-executed, not served from the cache"
-    assert np.array_equal(a, saved_image(host, result, save)), "same seed reproduces; no patch survived the interrupt"
+    assert np.array_equal(a, host.saved_images(result, save)[0]), \
+        "same seed reproduces; no patch survived the interrupt"
 
     # Tiled VAE path (used above 2048² px), forced on a small image: runs, close to the untiled result.
     module = host.module_of("UltraRes_FreeScaleUpscale")
     monkeypatch.setattr(module, "TILING", dataclasses.replace(module.TILING, decode_above_px=32 * 32,
                                                               encode_above_px=32 * 32))
     g, save, _ = upscale_graph(seed=11, probe_tag="tiled")
-    tiled = saved_image(host, host.run(g), save)
+    tiled = host.saved_images(host.run(g), save)[0]
     assert tiled.shape == a.shape and not np.array_equal(tiled, a)
 
 

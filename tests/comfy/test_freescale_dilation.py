@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_host import saved_image
-
-SPEC_SDXL_LAYERS = {  # spec §2.4, ComfyUI names of the official diffusers list
+SPEC_SDXL_LAYERS = {  # official list (ali-vilab/FreeScale@d5a2256 pipeline_freescale.py:901-945) in ComfyUI names
     "input_blocks.6.0.op",
     "input_blocks.7.0.in_layers.2", "input_blocks.7.0.out_layers.3",
     "input_blocks.8.0.in_layers.2", "input_blocks.8.0.out_layers.3",
@@ -43,7 +41,7 @@ def graph(kind="sdxl", width=128, height=128, steps=4, dilation=None, tag="probe
 
 
 def test_factor_from_actual_width(host, records):
-    # 256 px wide -> d = 256 // 64 = 4; height does not matter (width only, spec §2.8).
+    # 256 px wide -> d = 256 // 64 = 4; height does not matter (width only, as the official code).
     g, _ = graph(width=256, height=64, steps=2, dilation={"dilate_percent": 1.0, "base_size": 64}, tag="wide")
     host.run(g)
     assert [set(r["dilation"].values()) for r in records] == [{4}, {4}]
@@ -55,10 +53,10 @@ def test_factor_from_actual_width(host, records):
 def test_restored_after_calls_and_after_interrupt(host, records):
     dil = {"dilate_percent": 0.75, "base_size": 64}
     g, save = graph(tag="reference")
-    reference = saved_image(host, host.run(g), save)
+    reference = host.saved_images(host.run(g), save)[0]
 
     g, save_d = graph(dilation=dil, tag="dilated")
-    dilated = saved_image(host, host.run(g), save_d)
+    dilated = host.saved_images(host.run(g), save_d)[0]
     assert np.abs(dilated.astype(int) - reference.astype(int)).mean() > 0.5, "dilation changes the result"
 
     g, _ = graph(dilation=dil, tag="interrupted", interrupt_at=2)
@@ -68,7 +66,7 @@ def test_restored_after_calls_and_after_interrupt(host, records):
 
     # Same model object (the checkpoint node is cached), no patch: identical to the first run.
     g, save_a = graph(tag="afterwards")
-    after = saved_image(host, host.run(g), save_a)
+    after = host.saved_images(host.run(g), save_a)[0]
     assert np.array_equal(after, reference)
     assert all(not r["dilation"] for r in records if r["tag"] in ("reference", "afterwards"))
     ref_x = [r["x"] for r in records if r["tag"] == "reference"]
@@ -78,9 +76,9 @@ def test_restored_after_calls_and_after_interrupt(host, records):
 
 def test_zero_percent_is_identity(host, records):
     g, save = graph(tag="plain", seed=8)
-    plain = saved_image(host, host.run(g), save)
+    plain = host.saved_images(host.run(g), save)[0]
     g, save = graph(dilation={"dilate_percent": 0.0, "base_size": 64}, tag="off", seed=8)
-    off = saved_image(host, host.run(g), save)
+    off = host.saved_images(host.run(g), save)[0]
     assert np.array_equal(plain, off)
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphs import txt2img
-from test_host import saved_image
+from harness.graphs import txt2img
 
 FUSION = ("UltraRes_FreeScaleScaleFusion",
           {"fast_mode": False, "start_percent": 0.0, "end_percent": 1.0, "jitter_seed": 0, "jitter": True})
@@ -21,11 +20,11 @@ def test_patch_reaches_ksampler(host, probe_records):
 
 
 def test_single_window_equals_plain_attention(host):
-    """Below 2048 px there is one window spanning the map: fusion = global attention (§2.8)."""
+    """Below 2048 px there is one window spanning the map: fusion = global attention (as in the official code)."""
     plain, plain_ids = txt2img(kind="sdxl", seed=6, size=64, steps=2)
     fused, fused_ids = txt2img(kind="sdxl", seed=6, size=64, steps=2, model_patch=FUSION)
-    a = saved_image(host, host.run(plain), plain_ids["save"])
-    b = saved_image(host, host.run(fused), fused_ids["save"])
+    a = host.saved_images(host.run(plain), plain_ids["save"])[0]
+    b = host.saved_images(host.run(fused), fused_ids["save"])[0]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
@@ -35,14 +34,20 @@ def test_fusion_changes_a_2048_wide_image_and_is_seeded(host):
         graph[ids["ksampler"]]["inputs"]["latent_image"] = ["wide", 0]
         graph["wide"] = {"class_type": "EmptyLatentImage",
                          "inputs": {"width": 2048, "height": 1024, "batch_size": 1}}
-        return saved_image(host, host.run(graph), ids["save"])
+        host.reset_cache()  # every render executes: nothing may come from ComfyUI's cache
+        result = host.run(graph)
+        ran = {ids["ksampler"], ids["save"]} | ({ids["patch"]} if model_patch else set())
+        assert ran <= result.executed, f"not executed: {ran - result.executed}"
+        return host.saved_images(result, ids["save"])[0]
 
     plain = render(None)
     fused = render(FUSION)
-    fused_again = render((FUSION[0], {**FUSION[1], "start_percent": 0.0}))
+    fused_again = render(FUSION)
+    other_seed = render((FUSION[0], {**FUSION[1], "jitter_seed": 1}))
     assert plain.shape == fused.shape == (1024, 2048, 3)
     assert np.abs(plain.astype(int) - fused.astype(int)).mean() > 0.1, "windows must change the result"
     assert np.array_equal(fused, fused_again), "same jitter seed reproduces"
+    assert not np.array_equal(fused, other_seed), "the jitter seed moves the windows"
 
 
 def test_weight_patches_keep_their_keys(host):

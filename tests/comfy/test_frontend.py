@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import comfy_server, get_json
-from conftest import PACK_ROOT, comfy_dir_option
-from frontend import CHROMIUM, load_workflow, open_frontend, screenshot_graph
+from harness.comfy_host import PACK_ROOT, comfy_dir_option
+from harness.comfy_server import comfy_server, get_json
+from harness.frontend import CHROMIUM, load_workflow, open_frontend, screenshot_graph
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 
@@ -129,7 +129,8 @@ def test_demo_workflow_queued_from_the_ui_shows_images_and_pack_progress(fronten
     page.evaluate("""() => {
         window.__ultrares = {progress: [], executed: [], done: null};
         const types = id => app.graph.getNodeById(Number(id))?.type;
-        app.api.addEventListener('progress', e => __ultrares.progress.push({type: types(e.detail.node), value: e.detail.value, max: e.detail.max}));
+        app.api.addEventListener('progress', e => __ultrares.progress.push(
+            {type: types(e.detail.node), value: e.detail.value, max: e.detail.max}));
         app.api.addEventListener('executed', e => __ultrares.executed.push(types(e.detail.node)));
         app.api.addEventListener('execution_success', () => __ultrares.done = 'success');
         app.api.addEventListener('execution_error', e => __ultrares.done = 'error: ' + e.detail.exception_message);

@@ -1,28 +1,17 @@
 """The harness itself on the real host: tiny models sample, outputs land, caching is ComfyUI's."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from graphs import txt2img
-
-
-def saved_image(host, result, save_id) -> np.ndarray:
-    import folder_paths
-
-    info = result.outputs[save_id]["images"][0]
-    path = Path(folder_paths.get_output_directory()) / info["subfolder"] / info["filename"]
-    return np.asarray(Image.open(path))
+from harness.graphs import txt2img
 
 
 @pytest.mark.parametrize("kind", ["sdxl", "sd15"])
 def test_tiny_checkpoint_samples_and_saves(host, kind):
     graph, ids = txt2img(kind=kind, seed=3)
     result = host.run(graph)
-    img = saved_image(host, result, ids["save"])
+    img = host.saved_images(result, ids["save"])[0]
     assert img.shape == (64, 64, 3)
     assert img.std() > 1.0, "a random seeded model still gives a non-constant image"
 
@@ -30,11 +19,11 @@ def test_tiny_checkpoint_samples_and_saves(host, kind):
 def test_same_seed_reproduces_and_new_seed_changes(host):
     graph, ids = txt2img(seed=11)
     host.reset_cache()
-    a = saved_image(host, host.run(graph), ids["save"])
+    a = host.saved_images(host.run(graph), ids["save"])[0]
     host.reset_cache()
-    b = saved_image(host, host.run(graph), ids["save"])
+    b = host.saved_images(host.run(graph), ids["save"])[0]
     graph2, _ = txt2img(seed=12)
-    c = saved_image(host, host.run(graph2), ids["save"])
+    c = host.saved_images(host.run(graph2), ids["save"])[0]
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 

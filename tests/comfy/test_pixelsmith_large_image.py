@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_host import WorkflowError
-from test_host import saved_image
+from harness.comfy_host import WorkflowError
 
 
 def save_graph(fmt="png", compression="deflate", width=320, height=200, tile=24, overlap=8, prefix="large_test"):
@@ -34,7 +33,7 @@ def written(result, node_id) -> Path:
 def test_png_and_tiff_match_a_plain_decode(host):
     graph, large_id, save_id = save_graph("png")
     result = host.run(graph)
-    ref = saved_image(host, result, save_id).astype(int)
+    ref = host.saved_images(result, save_id)[0].astype(int)
     png_path = written(result, large_id)
     assert png_path.suffix == ".png" and not Path(str(png_path) + ".part").exists()
     png = np.asarray(Image.open(png_path)).astype(int)
@@ -63,7 +62,7 @@ def test_tiles_blend_without_visible_seams_vs_single_tile(host):
     graph, large_id, save_id = save_graph("png", tile=64, overlap=8, prefix="large_one_tile")
     result = host.run(graph)
     one = np.asarray(Image.open(written(result, large_id))).astype(int)
-    ref = saved_image(host, result, save_id).astype(int)
+    ref = host.saved_images(result, save_id)[0].astype(int)
     assert np.abs(one - ref).max() <= 1
 
 

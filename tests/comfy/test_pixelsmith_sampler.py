@@ -4,18 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_host import WorkflowError
-from test_host import saved_image
+from harness.comfy_host import WorkflowError
+from harness.records import cleared_records
 
 
 @pytest.fixture
 def rec(host):
-    mod = host.module_of("UltraResTest_SeededLatent")
-    for store in (mod.LATENTS, mod.SOURCES, mod.CALLS):
-        store.clear()
-    yield mod
-    for store in (mod.LATENTS, mod.SOURCES, mod.CALLS):
-        store.clear()
+    """``LATENTS``, ``SOURCES`` and ``CALLS`` recorded by the Pixelsmith test fixtures (cleared)."""
+    yield from cleared_records(host, "UltraResTest_SeededLatent", "LATENTS", "SOURCES", "CALLS")
 
 
 def seeded_latent(width, height, batch=1, seed=0):
@@ -61,7 +57,7 @@ def sampler_graph(kind="sdxl", width=256, height=128, batch=1, steps=3, slider=2
 @pytest.mark.parametrize("kind", ["sdxl", "sd15"])
 def test_sampler_graph_runs_patchwise(host, rec, kind):
     graph, save_id = sampler_graph(kind=kind, steps=2)
-    img = saved_image(host, host.run(graph), save_id)
+    img = host.saved_images(host.run(graph), save_id)[0]
     out = rec.LATENTS["out"]
     z_up = seeded_latent(256, 128)
     assert img.shape == (128, 256, 3)
@@ -189,14 +185,14 @@ def upscale_graph(kind="sdxl", via="latent", scale=2.0, target_width=0, slider=2
 @pytest.mark.parametrize("kind,via", [("sdxl", "latent"), ("sd15", "image")])
 def test_upscale_node_runs(host, rec, kind, via):
     graph, save_id = upscale_graph(kind=kind, via=via)
-    img = saved_image(host, host.run(graph), save_id)
+    img = host.saved_images(host.run(graph), save_id)[0]
     assert img.shape == (128, 128, 3)
     assert rec.LATENTS["up"].shape == (1, 4, 16, 16)
 
 
 def test_upscale_target_width_keeps_aspect_and_needs_one_source(host, rec):
     graph, save_id = upscale_graph(target_width=96, mode="fast")
-    img = saved_image(host, host.run(graph), save_id)
+    img = host.saved_images(host.run(graph), save_id)[0]
     assert img.shape == (96, 96, 3)
     graph, _ = upscale_graph()
     up = next(k for k, v in graph.items() if v["class_type"] == "UltraRes_PixelsmithUpscale")

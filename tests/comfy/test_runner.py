@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from comfy_host import PACK_ROOT, WorkflowError
-from conftest import comfy_dir_option
-from graphs import txt2img
-from run_workflow import load_prompt, swap_demo_loaders
-from workflow_format import WorkflowFormatError, ui_to_api
+from harness.comfy_host import PACK_ROOT, WorkflowError, comfy_dir_option
+from harness.demo_loaders import swap_demo_loaders
+from harness.graphs import txt2img
+from harness.workflow_format import WorkflowFormatError, load_prompt, ui_to_api
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
-RUNNER = PACK_ROOT / "tests" / "host" / "run_workflow.py"
+RUNNER = PACK_ROOT / "scripts" / "run_workflow.py"
 
 
 SIZE_INPUT = re.compile(r"(^|_)(width|height|size)$")
@@ -67,7 +66,8 @@ def test_ui_conversion_maps_widgets_links_and_seed_control(host):
     ks = next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]
     # widgets_values = [seed, "fixed", steps, cfg, sampler, scheduler, denoise]: the control
     # widget after the seed must be skipped, not shift everything after it.
-    assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"]) == (123, 50, 7.5, "euler", "ddim_uniform")
+    assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"]) == \
+        (123, 50, 7.5, "euler", "ddim_uniform")
     assert isinstance(ks["model"], list) and isinstance(ks["positive"], list)
 
 

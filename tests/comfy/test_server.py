@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_server import comfy_server, get_json
-from conftest import PACK_ROOT, comfy_dir_option
+from harness.comfy_host import PACK_ROOT, comfy_dir_option
+from harness.comfy_server import comfy_server, get_json
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling, stage_c_probes, ultrapixel_records  # noqa: F401
+from harness.ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling
 
 SIZE = 128  # HR stage-C latent ceil(128 / 42.67) = 3; the LR pass is 24² whatever the target
 PROBED = "diffusion_model.down_blocks.0.2.attention.attn.to_q.weight"  # inside the E0 patched AttnBlock

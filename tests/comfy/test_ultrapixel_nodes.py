@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_host import saved_image
-from ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling, ultrapixel_records  # noqa: F401
+from harness.ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling
 
 
 def fixture_module(host):
@@ -192,7 +191,7 @@ def all_in_one_graph(seed=1, neg_text="", decode=False):
 
 def test_all_in_one_feeds_stage_b_and_stage_a_and_is_seeded(host, ultrapixel_records):
     graph, save_id = all_in_one_graph(seed=1, decode=True)
-    image = saved_image(host, host.run(graph), save_id)
+    image = host.saved_images(host.run(graph), save_id)[0]
     first = by_tag(ultrapixel_records, "stage_c")["latent"]
     b_first = by_tag(ultrapixel_records, "stage_b")["latent"]
     assert image.shape == (256, 256, 3)
@@ -208,7 +207,7 @@ def test_all_in_one_feeds_stage_b_and_stage_a_and_is_seeded(host, ultrapixel_rec
     result = host.run(graph)  # seed 1 again: the sampler nodes run again (their cached inputs changed since)
     assert {n for n, v in graph.items() if v["class_type"] == "UltraRes_UltraPixelStageC"} <= result.executed
     assert torch.equal(by_tag(ultrapixel_records, "stage_c")["latent"], first), "same seed, same stage-C latent"
-    assert np.array_equal(saved_image(host, result, save_id), image), "same seed, same image"
+    assert np.array_equal(host.saved_images(result, save_id)[0], image), "same seed, same image"
 
 
 def test_step_wise_graph_feeds_stage_b(host, ultrapixel_records):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from comfy_host import PACK_ROOT
-from workflow_format import VIRTUAL_NODES, is_ui_workflow, widget_layout
+from harness.comfy_host import PACK_ROOT
+from harness.workflow_format import VIRTUAL_NODES, is_ui_workflow, widget_layout
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 

@@ -1,4 +1,8 @@
-"""Self-cascade and dilation-schedule kernels of FreeScale (Qiu et al., 2024; spec §2.2–§2.4)."""
+"""Self-cascade and dilation-schedule kernels of FreeScale (Qiu et al., 2024).
+
+Checked against the official code, ali-vilab/FreeScale@d5a2256 ``pipeline_freescale.py`` and
+``pipeline_freescale_imgen.py``.
+"""
 from __future__ import annotations
 
 import math
@@ -28,8 +32,9 @@ def sdxl_ddim_uniform(steps: int = 50) -> tuple[torch.Tensor, list[float]]:
 def test_dilated_steps_are_i_below_tau():
     sigmas, _ = sdxl_ddim_uniform(50)
     dilated = [i for i in range(50) if dilation_active(sigmas[i], sigmas, 0.7)]
-    assert dilated == list(range(35)), "spec §2.4: i < dilate_tau = 35"
-    # With the restart at 15 the sampled steps 15..34 are dilated, 35..49 not (spec §2.9 item 4).
+    assert dilated == list(range(35)), "official: i < dilate_tau = 35"
+    # With the restart at 15 the sampled steps 15..34 are dilated, 35..49 not
+    # (official ``pipeline_freescale.py:901-945``).
     assert [i for i in range(restart_step(50), 50) if dilation_active(sigmas[i], sigmas, 0.7)] == list(range(15, 35))
     assert not any(dilation_active(s, sigmas, 0.0) for s in sigmas[:-1])
     assert all(dilation_active(s, sigmas, 1.0) for s in sigmas[:-1])

@@ -1,4 +1,5 @@
-"""The layering rules of the package, read from the source: kernels form a DAG, nodes never import each other's internals."""
+"""The layering rules of the package, read from the source: kernels form a DAG, nodes never import
+each other's internals."""
 from __future__ import annotations
 
 import ast

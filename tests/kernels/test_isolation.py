@@ -4,19 +4,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
+from harness import pack as harness_pack
 
 
 def test_pack_and_kernels_import_without_comfyui():
     code = textwrap.dedent(f"""
         import importlib, importlib.util, pkgutil, sys
-        root = {str(PACK_ROOT)!r}
-        spec = importlib.util.spec_from_file_location("ultrares", root + "/__init__.py",
-                                                      submodule_search_locations=[root])
-        pack = importlib.util.module_from_spec(spec); sys.modules["ultrares"] = pack
-        spec.loader.exec_module(pack)
+        # The harness's register_pack, loaded by file path (nothing of the caller's sys.path here).
+        spec = importlib.util.spec_from_file_location("harness_pack", {harness_pack.__file__!r})
+        harness_pack = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(harness_pack)
+        pack = harness_pack.register_pack()
         import ultrares.kernels as k
         names = [m.name for m in pkgutil.iter_modules(k.__path__)]
         for name in names:

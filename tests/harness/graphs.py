@@ -70,7 +70,8 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
               "seed": seed, "steps": steps, "cfg": cfg}
     if method == "direct":
         nodes = {
-            m + "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": samples}},
+            m + "empty": {"class_type": "EmptyLatentImage",
+                          "inputs": {"width": side, "height": side, "batch_size": samples}},
             m + "sample": {"class_type": "KSampler", "inputs": dict(
                 common, latent_image=[m + "empty", 0], sampler_name="euler", scheduler="normal", denoise=1.0)},
             m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "sample", 0], "vae": ["model", 1]}},
@@ -78,7 +79,8 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
         image = [m + "image", 0]
     elif method == "lanczos":
         nodes = {m + "image": {"class_type": "ImageScale", "inputs": {
-            "image": ["base_image", 0], "upscale_method": "lanczos", "width": side, "height": side, "crop": "disabled"}}}
+            "image": ["base_image", 0], "upscale_method": "lanczos", "width": side, "height": side,
+            "crop": "disabled"}}}
         image = [m + "image", 0]
     elif method.startswith("pixelsmith"):
         nodes, source = {}, ["base", 0]
@@ -99,5 +101,6 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
             m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "upscale", 0], "vae": ["model", 1]}},
         }
         image = [m + "image", 0]
-    nodes[m + "save"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": f"{method}_{scale}x"}}
+    nodes[m + "save"] = {"class_type": "SaveImage",
+                         "inputs": {"images": image, "filename_prefix": f"{method}_{scale}x"}}
     return nodes

@@ -52,9 +52,9 @@ def comfy_server(comfy_dir: Path, work: Path, packs: dict[str, Path]):
                 try:
                     get_json(base + "/system_stats")
                     break
-                except OSError:
+                except OSError as e:
                     if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError("ComfyUI server did not start:\n" + log_path.read_text()[-3000:])
+                        raise RuntimeError("ComfyUI server did not start:\n" + log_path.read_text()[-3000:]) from e
                     time.sleep(0.5)
             yield base, work
         finally:

@@ -1,6 +1,6 @@
 """Run a ComfyUI workflow headless on a real ComfyUI host and write its outputs to a folder.
 
-    python tests/host/run_workflow.py WORKFLOW.json --out DIR [--comfyui DIR] [--demo]
+    python scripts/run_workflow.py WORKFLOW.json --out DIR [--comfyui DIR] [--demo]
 
 WORKFLOW.json is UI format (as saved by ComfyUI) or API format. ``--comfyui`` is the ComfyUI
 folder whose ``models/`` hold the model files (default: $ULTRARES_COMFYUI). ``--demo`` swaps the
@@ -14,7 +14,6 @@ invalid inputs), 1 for a failure while executing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,58 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost, WorkflowError  # noqa: E402
-from workflow_format import WorkflowFormatError, is_ui_workflow, ui_to_api  # noqa: E402
-
-CASCADE_FILE_HINTS = ("cascade", "stage_a", "stage_b", "stage_c")
-
-
-def demo_stand_in(class_type: str, inputs: dict) -> dict | None:
-    """The test-fixture node replacing a stock loader in ``--demo`` runs, or None if there is none.
-
-    Output slots keep their meaning (MODEL, CLIP, VAE, ...). Stable Cascade stand-ins are chosen
-    by file name, so a loader of another model family is refused rather than mis-swapped.
-    """
-    name = str(next((v for k, v in inputs.items() if k.endswith("_name")), "")).lower()
-    cascade = any(hint in name for hint in CASCADE_FILE_HINTS)
-    if class_type == "CheckpointLoaderSimple" and not cascade:
-        return {"class_type": "UltraResTest_TinyCheckpoint",
-                "inputs": {"kind": "sdxl" if "xl" in name else "sd15", "seed": 0}}
-    if class_type == "UNETLoader" and cascade:
-        return {"class_type": "UltraResTest_TinyCascadeStage",
-                "inputs": {"stage": "b" if "stage_b" in name else "c", "seed": 0}}
-    if class_type == "CLIPLoader" and inputs.get("type") == "stable_cascade":
-        return {"class_type": "UltraResTest_TinyCascadeClip", "inputs": {"seed": 0}}
-    if class_type == "VAELoader" and cascade:
-        return {"class_type": "UltraResTest_TinyStageA", "inputs": {"seed": 0}}
-    if class_type == "UltraRes_UltraPixelLoader":
-        return {"class_type": "UltraResTest_TinyUltraPixel", "inputs": {"seed": 0, "zero_output": False}}
-    return None
-
-
-def swap_demo_loaders(prompt: dict) -> dict:
-    out, unsupported = {}, set()
-    for node_id, node in prompt.items():
-        swap = demo_stand_in(node["class_type"], node["inputs"])
-        if swap is None and "Loader" in node["class_type"]:
-            unsupported.add(node["class_type"])
-        out[node_id] = {**swap, "_meta": node.get("_meta", {})} if swap else node
-    if unsupported:
-        raise WorkflowError(f"--demo has no stand-in for loader node(s): {', '.join(sorted(unsupported))}")
-    return out
-
-
-def load_prompt(path: Path, host: ComfyHost) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise WorkflowError(f"cannot read workflow {path}: {e}") from e
-    if is_ui_workflow(data):
-        return ui_to_api(data, host.node_classes)
-    if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return data
-    raise WorkflowError(f"{path} is neither a UI-format workflow nor an API-format prompt")
+# The one path set-up of this entry point: the harness package lives in tests/harness.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost, WorkflowError  # noqa: E402
+from harness.demo_loaders import swap_demo_loaders  # noqa: E402
+from harness.workflow_format import WorkflowFormatError, load_prompt  # noqa: E402
 
 
 def explain_missing_models(message: str) -> str:

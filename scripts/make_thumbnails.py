@@ -1,6 +1,6 @@
 """Write ``workflows/<name>.jpg`` thumbnails (Templates browser) from the real frontend's graph view.
 
-    python tests/host/make_thumbnails.py [--comfyui DIR]     # host venv python
+    python scripts/make_thumbnails.py [--comfyui DIR]     # host venv python
 """
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "comfy")]
-from comfy_host import PACK_ROOT  # noqa: E402
-from comfy_server import comfy_server  # noqa: E402
-from frontend import load_workflow, open_frontend, screenshot_graph  # noqa: E402
+# The one path set-up of this entry point: the harness package lives in tests/harness.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.comfy_server import comfy_server  # noqa: E402
+from harness.frontend import load_workflow, open_frontend, screenshot_graph  # noqa: E402
+from harness.pack import PACK_ROOT  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--comfyui", default=os.environ.get("ULTRARES_COMFYUI"), required=not os.environ.get("ULTRARES_COMFYUI"))
+    parser.add_argument("--comfyui", default=os.environ.get("ULTRARES_COMFYUI"),
+                        required=not os.environ.get("ULTRARES_COMFYUI"))
     parser.add_argument("--force", action="store_true", help="redo thumbnails that are newer than their workflow")
     args = parser.parse_args()
     from PIL import Image

@@ -16,8 +16,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE_PACK = PACK_ROOT / "tests" / "fixtures" / "ultrares_testing"
+from .pack import FIXTURE_PACK, PACK_ROOT
+
+__all__ = ["FIXTURE_PACK", "PACK_ROOT", "ComfyHost", "RunResult", "WorkflowError", "comfy_dir_option",
+           "format_validation_error", "image_tensor"]
+
+
+def comfy_dir_option(config) -> Path:
+    """The ComfyUI folder a pytest run tests against: ``--comfyui`` or ``$ULTRARES_COMFYUI``."""
+    import pytest
+
+    value = config.getoption("--comfyui") or os.environ.get("ULTRARES_COMFYUI")
+    if not value:
+        raise pytest.UsageError(
+            "no ComfyUI to test against: pass --comfyui DIR or set ULTRARES_COMFYUI "
+            "(scripts/build_host.sh builds one; see README 'For developers')")
+    return Path(value)
 
 
 class WorkflowError(RuntimeError):
@@ -34,7 +48,7 @@ class RunResult:
 
 
 class ComfyHost:
-    _booted: "ComfyHost | None" = None
+    _booted: ComfyHost | None = None
 
     def __init__(self, comfy_dir: Path, work_dir: Path, server, executor_cls):
         self.comfy_dir = comfy_dir
@@ -47,7 +61,7 @@ class ComfyHost:
 
     @classmethod
     def boot(cls, comfy_dir: str | os.PathLike, work_dir: str | os.PathLike,
-             packs: dict[str, Path] | None = None, extra_args: list[str] | None = None) -> "ComfyHost":
+             packs: dict[str, Path] | None = None, extra_args: list[str] | None = None) -> ComfyHost:
         """Import ComfyUI from ``comfy_dir`` with ``--cpu`` and load ``packs`` as custom nodes.
 
         ``packs`` maps a folder name to a pack directory; each is linked into a private
@@ -83,8 +97,8 @@ class ComfyHost:
         sys.argv = [str(comfy_dir / "main.py"), "--cpu", "--disable-api-nodes",
                     "--use-pytorch-cross-attention", *(extra_args or [])]
         import comfy.cli_args  # noqa: F401
-        import utils.extra_config  # noqa: F401  (before `nodes`, which shadows `utils`)
         import folder_paths
+        import utils.extra_config  # noqa: F401  (before `nodes`, which shadows `utils`)
 
         folder_paths.set_output_directory(str(dirs["output"]))
         folder_paths.set_input_directory(str(dirs["input"]))
@@ -93,8 +107,9 @@ class ComfyHost:
         folder_paths.folder_names_and_paths["custom_nodes"] = ([str(custom)], set())
 
         import execution
-        import nodes
         import server
+
+        import nodes
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -135,13 +150,18 @@ class ComfyHost:
                                            cache_args={"lru": args.cache_lru, "ram": 0.0, "ram_inactive": 0.0})
 
     def validate(self, prompt: dict) -> list[str]:
-        """Run ComfyUI's own prompt validation; return the output node ids to execute."""
+        """Run ComfyUI's own prompt validation; return the output node ids to execute.
+
+        Strict where ComfyUI's /prompt route is lenient: ComfyUI runs the valid outputs and only
+        reports the node errors of invalid branches; here any node error raises ``WorkflowError``,
+        so no graph can silently skip the node it was meant to run.
+        """
         import execution
 
-        valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
-        if not valid[0]:
-            raise WorkflowError(format_validation_error(valid[1], valid[3], prompt))
-        return valid[2]
+        ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+        if not ok or node_errors:
+            raise WorkflowError(format_validation_error(error or {}, node_errors, prompt))
+        return outputs
 
     def run(self, prompt: dict, extra_data: dict | None = None) -> RunResult:
         """Validate ``prompt`` and execute it with ComfyUI's ``PromptExecutor``."""
@@ -165,18 +185,28 @@ class ComfyHost:
                          executed, cached, messages)
 
     def saved_images(self, result: RunResult, node_id: str):
-        """The images a Save Image node wrote in ``result``, read back as a [B, 3, H, W] tensor in [0, 1]."""
+        """The images a Save Image node wrote in ``result``, as written: uint8 [B, H, W, 3].
+
+        The one way the harness reads outputs back; ``image_tensor`` turns them into [B, 3, H, W].
+        """
         import numpy as np
-        import torch
         from PIL import Image
 
-        arrays = [np.asarray(Image.open(self.work_dir / "output" / f["subfolder"] / f["filename"]).convert("RGB"))
-                  for f in result.outputs[node_id]["images"]]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+        out = self.work_dir / "output"
+        return np.stack([np.asarray(Image.open(out / f["subfolder"] / f["filename"]).convert("RGB"))
+                         for f in result.outputs[node_id]["images"]])
+
+
+def image_tensor(images):
+    """uint8 [B, H, W, 3] images (``ComfyHost.saved_images``) as a float [B, 3, H, W] tensor in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
 
 
 def format_validation_error(error: dict, node_errors: dict, prompt: dict) -> str:
-    lines = [f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": ")]
+    default = "Prompt has node errors" if node_errors else "invalid prompt"
+    lines = [f"{error.get('message', default)}: {error.get('details', '')}".rstrip(": ")]
     for node_id, info in (node_errors or {}).items():
         class_type = prompt.get(node_id, {}).get("class_type", "?")
         for e in info.get("errors", []):

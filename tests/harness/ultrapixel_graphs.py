@@ -1,28 +1,13 @@
-"""UltraPixel graph pieces and record fixtures shared by test_ultrapixel_nodes.py and test_ultrapixel_compat.py.
+"""UltraPixel graph pieces shared by test_ultrapixel_nodes.py and test_ultrapixel_compat.py.
 
-Graphs use the tiny Stable Cascade of ``UltraResTest_TinyCascade`` and its stock nodes; records are
+Graphs use the tiny Stable Cascade of ``UltraResTest_TinyCascade`` and its stock nodes. Records are
 written by ``UltraResTest_RecordUltraPixel`` (``tiny_ultrapixel.py``) and
-``UltraResTest_StageCProbe`` (``tiny_cascade_extras.py``). Test modules import the fixtures by name.
+``UltraResTest_StageCProbe`` (``tiny_cascade_extras.py``) and reach the tests through the
+``ultrapixel_records`` and ``stage_c_probes`` fixtures of ``tests/comfy/conftest.py``.
 """
 from __future__ import annotations
 
-import pytest
-
-from conftest import cleared_records
-
 STEPS = 2
-
-
-@pytest.fixture
-def ultrapixel_records(host):
-    """Latents, guidance and models recorded by ``UltraResTest_RecordUltraPixel`` (cleared)."""
-    yield from cleared_records(host, "UltraResTest_RecordUltraPixel", "ULTRAPIXEL_RECORDS")
-
-
-@pytest.fixture
-def stage_c_probes(host):
-    """Stage-C calls seen by ``UltraResTest_StageCProbe`` (cleared)."""
-    yield from cleared_records(host, "UltraResTest_StageCProbe", "STAGE_C_PROBE_RECORDS")
 
 
 def graph_builder():

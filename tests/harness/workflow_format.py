@@ -8,7 +8,11 @@ upload widgets the frontend adds. Subgraphs and group nodes are refused with a c
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from .comfy_host import WorkflowError
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_NODES = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
@@ -78,7 +82,8 @@ def ui_to_api(workflow: dict, node_classes: dict[str, type]) -> dict[str, dict]:
             for inp in src.get("inputs", []):
                 if inp.get("type") == link_type and inp.get("link") is not None:
                     return source_of(inp["link"], link_type)
-            raise WorkflowFormatError(f"bypassed node {src['id']} ({src['type']}) has no {link_type} input to pass through")
+            raise WorkflowFormatError(
+                f"bypassed node {src['id']} ({src['type']}) has no {link_type} input to pass through")
         if src.get("mode", 0) == MODE_MUTED:
             raise WorkflowFormatError(f"node {src['id']} ({src['type']}) is muted but its output is used")
         return [str(src["id"]), slot]
@@ -104,3 +109,16 @@ def ui_to_api(workflow: dict, node_classes: dict[str, type]) -> dict[str, dict]:
         prompt[node_id] = {"class_type": node["type"], "inputs": inputs,
                            "_meta": {"title": node.get("title") or node["type"]}}
     return prompt
+
+
+def load_prompt(path: Path, host) -> dict:
+    """The API-format prompt of a workflow file (UI format converted with ``host``'s node schemas)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WorkflowError(f"cannot read workflow {path}: {e}") from e
+    if is_ui_workflow(data):
+        return ui_to_api(data, host.node_classes)
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        return data
+    raise WorkflowError(f"{path} is neither a UI-format workflow nor an API-format prompt")

@@ -4,11 +4,11 @@
 # FreeScale, plus direct 512² sampling for comparison). SDXL / Stable Cascade workflows run on tiny
 # seeded stand-ins for their model files (--demo), which shows the graph runs, not what SDXL paints.
 #
-#   tests/host/demo.sh [WORKFLOW.json] [OUT_DIR]
+#   scripts/demo.sh [WORKFLOW.json] [OUT_DIR]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 WORKFLOW="${1:-workflows/ultrares_demo_cpu_512.json}"
 OUT="${2:-out/demo}"
-HOST="$(tests/host/build_host.sh | tail -n 1)"
-HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" tests/host/run_workflow.py "$WORKFLOW" --out "$OUT" --demo \
+HOST="$(scripts/build_host.sh | tail -n 1)"
+HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" scripts/run_workflow.py "$WORKFLOW" --out "$OUT" --demo \
   --comfyui "$HOST/ComfyUI"

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from comfy_server import get_json
+from .comfy_server import get_json
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a sandbox with no network beyond loopback.
