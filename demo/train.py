@@ -2,7 +2,7 @@
 
     python -m demo.train --comfyui PATH/TO/ComfyUI [--seed 0] [--out demo/ultrares_demo.safetensors]
 
-(run from the pack's root with the Python that runs ComfyUI; ``tests/host/build_host.sh`` prints
+(run from the pack's root with the Python that runs ComfyUI; ``scripts/build_host.sh`` prints
 a pinned one). Three phases, all on the procedural images of :mod:`demo.data`:
 
 1. the VAE (ComfyUI's ``AutoencoderKL``) on random 64² crops: L1 + L1 of image gradients + a
