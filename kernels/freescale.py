@@ -20,8 +20,8 @@ Pure PyTorch: nothing from ComfyUI is imported here. Shapes: tokens ``X`` are ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from kornia.filters import get_gaussian_kernel1d

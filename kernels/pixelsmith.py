@@ -17,7 +17,7 @@ Nothing here imports ComfyUI; randomness comes only from an explicit ``torch.Gen
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

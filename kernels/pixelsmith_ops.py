@@ -9,7 +9,7 @@ The sampler that chains them is ``kernels/pixelsmith.py``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .ultrapixel_config import INJECTION_POINTS, STAGE_C_BLOCKS, UltraPixelConfig
+from .ultrapixel_config import INJECTION_POINTS, RELEASE_CONFIG, STAGE_C_BLOCKS, UltraPixelConfig
 from .ultrapixel_inr import LRTokenizer, TokenTransformer, inr_query, modulate_base_weights
 from .ultrapixel_norm import AffineModulation, ScaleAwareNorm, channel_layer_norm
-
 
 # Scale rules and sizes (official inference/utils.py, model_4stage_lite.py)
 
@@ -99,7 +98,7 @@ class GuidanceFusionModule(nn.Module):
             INR weights). Skipped on the meta device. Real use loads the checkpoint instead.
     """
 
-    def __init__(self, config: UltraPixelConfig = UltraPixelConfig(), *, generator: torch.Generator | None = None):
+    def __init__(self, config: UltraPixelConfig = RELEASE_CONFIG, *, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
         c = config
@@ -209,7 +208,7 @@ class GuidanceFusionModule(nn.Module):
 
 
 def build_ultrapixel_modules(
-    config: UltraPixelConfig = UltraPixelConfig(), *, generator: torch.Generator | None = None
+    config: UltraPixelConfig = RELEASE_CONFIG, *, generator: torch.Generator | None = None
 ) -> nn.ModuleDict:
     """Four freshly initialised modules keyed ``E0 E1 D0 D1`` (seeded by one generator, in that order)."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

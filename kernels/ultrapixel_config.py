@@ -76,4 +76,5 @@ class UltraPixelConfig:
 
 
 # The small configuration of our parity test against the official module (tests/kernels/test_ultrapixel.py).
+RELEASE_CONFIG = UltraPixelConfig()  # the sizes of the released modules
 SMALL_PARITY_CONFIG = UltraPixelConfig(ind=64, ch=32, n_head=4, n_groups=8, f_dim=32)

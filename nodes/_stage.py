@@ -14,16 +14,16 @@ particular to its method:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
-
-import torch
-from tqdm.auto import tqdm
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher

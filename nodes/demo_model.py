@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from comfy_api.latest import io
-from safetensors import safe_open
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
+import torch
+from comfy_api.latest import io
+from safetensors import safe_open
 
 from ..demo import spec
 

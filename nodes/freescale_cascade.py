@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import TYPE_CHECKING, Callable
-
-import torch
-from comfy_api.latest import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import comfy.model_management
 import comfy.samplers
 import comfy_extras.nodes_freelunch as freelunch
+import torch
+from comfy_api.latest import io
 
 from ..kernels import freescale
 from . import _stage as stage

@@ -17,13 +17,13 @@ weights (``...op.inner.weight``) and ComfyUI would then skip LoRA patches on the
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
-
-import torch
-from comfy_api.latest import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import comfy.patcher_extension
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock
+from comfy_api.latest import io
 
 from ..kernels import freescale
 from ._stage import model_latent_px

@@ -15,15 +15,14 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
+import comfy.model_management
+import comfy.utils
+import folder_paths
 import numpy as np
 import psutil
 import torch
 from comfy_api.latest import io
 from PIL import Image
-
-import comfy.model_management
-import comfy.utils
-import folder_paths
 
 from ..kernels.large_image import BigTiffStreamWriter, PngStreamWriter, RowPreview
 from ..kernels.tiling import starts, tile_weights

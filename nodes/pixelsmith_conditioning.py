@@ -24,12 +24,11 @@ inputs) is refused with a clear error instead of being silently squashed into ev
 """
 from __future__ import annotations
 
-import torch
-
 import comfy.conds
 import comfy.controlnet
 import comfy.model_base
 import comfy.utils
+import torch
 
 from ..kernels.tiling import PatchBox
 from ._stage import model_latent_px

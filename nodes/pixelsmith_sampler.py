@@ -28,17 +28,16 @@ import dataclasses
 import logging
 import math
 import time
-
-from typing import TYPE_CHECKING, Callable
-
-import torch
-import torch.nn.functional as F
-from comfy_api.latest import io
-from tqdm.auto import tqdm
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import comfy.model_base
 import comfy.model_management
 import comfy.samplers
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+from tqdm.auto import tqdm
 
 from ..kernels import pixelsmith
 from .pixelsmith_conditioning import PatchConditioning

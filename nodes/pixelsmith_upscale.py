@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import psutil
-import torch
-import torch.nn.functional as F
-from comfy_api.latest import io
-
 import comfy.model_management
 import comfy.sample
 import comfy.utils
 import latent_preview
+import psutil
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
 
 from . import _stage as stage
 from .pixelsmith_sampler import PROGRESS_UNITS, PixelsmithSampler, build_config, sampler_inputs

@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import comfy.model_management
 import torch
 from comfy_api.latest import io
-
-import comfy.model_management
 
 from ..kernels.ultrapixel import stage_c_latent_size
 from ..kernels.ultrapixel_config import INJECTION_POINTS

@@ -14,11 +14,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-import torch
-from comfy_api.latest import io
-
 import comfy.model_management
 import folder_paths
+import torch
+from comfy_api.latest import io
 
 from ..kernels.ultrapixel_config import UltraPixelConfig
 from ..kernels.ultrapixel_weights import load_ultrapixel_modules

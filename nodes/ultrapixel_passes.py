@@ -12,13 +12,12 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING, Any
 
-import torch
-from comfy_api.latest import io
-
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
+import torch
+from comfy_api.latest import io
 
 from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
 from ..kernels.ultrapixel_sampling import time_grid

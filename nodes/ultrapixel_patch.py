@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Protocol
-
-import torch
-from comfy_api.latest import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import comfy.model_management
 import comfy.patcher_extension
+import torch
 from comfy.ldm.cascade.common import AttnBlock
 from comfy.ldm.cascade.stage_c import StageC
+from comfy_api.latest import io
 
 from ..kernels.ultrapixel import GuidanceFusionModule, guide_scale, inject_guidance
 from ..kernels.ultrapixel_config import INJECTION_POINTS, STAGE_C_BLOCKS

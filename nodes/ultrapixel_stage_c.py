@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import comfy.utils
 import torch
 from comfy_api.latest import io
-
-import comfy.utils
 
 from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
 from ._stage import StageProgress

@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     positive = conditioning(w_text, w_pooled, 1)
     negative = conditioning(w_text, w_pooled, 2)
     steps, cfg, rho, shift = args.steps, 4.0, 0.7, 1.0
-    label = "cuda, random full stage C 3.6B bf16" if use_cuda else f"cpu ({torch.get_num_threads()} threads), tiny stage C"
+    label = ("cuda, random full stage C 3.6B bf16" if use_cuda
+             else f"cpu ({torch.get_num_threads()} threads), tiny stage C")
     print(f"UltraPixel stage C benchmark: {label}; {steps} steps per pass, cfg {cfg}, rescale {rho}, DDPM")
     print(f"{'target':>10} {'HR latent':>10} {'LR pass s':>10} {'LR MiB':>8} {'INR 4 pts s':>12} "
           f"{'HR s (INR once)':>16} {'MiB':>8} {'HR s (INR/step)':>16} {'MiB':>8}")
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
                                                up_model.dtype or torch.float32)
                     module.upscale_guidance(guidance.features[point].to(module.wtokens), hr_c)
 
-        probe_hook.module("E0", torch.device("cuda") if use_cuda else torch.device("cpu"), up_model.dtype or torch.float32)
+        probe_hook.module("E0", torch.device("cuda") if use_cuda else torch.device("cpu"),
+                          up_model.dtype or torch.float32)
         _, t_inr, _ = timed(inr_all_points, peak_cls)
         probe_hook.release()
         del probe
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
                 _, t_hr, m_hr = timed(lambda: passes.sample_pass(model, hr_noise, positive, negative, cfg, sigmas,
                                                              torch.zeros_like(hr_noise), 0, None), peak_cls)
                 hook.release()
-                del model
+                model = hook = None  # free the patched clone before the next repeat
                 best = min(best, (t_hr, m_hr))
             row += list(best)
         print(f"{size:>9}² {hr_c[0]:>8}² {t_lr:>10.2f} {m_lr:>8.0f} {t_inr:>12.3f} {row[0]:>16.2f} {row[1]:>8.0f} "

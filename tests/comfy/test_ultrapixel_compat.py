@@ -61,7 +61,8 @@ def loras(host, tmp_path_factory):
     stage_c = tiny_models.tiny_cascade("c", 0).model.diffusion_model.state_dict()
     linears = {k[:-len(".weight")]: tuple(v.shape) for k, v in stage_c.items()
                if k.startswith(("down_blocks.", "up_blocks.")) and k.endswith(".weight") and v.ndim == 2}
-    attn = [m for m in linears if m.startswith(("down_blocks.0.2.", "down_blocks.1.2.", "up_blocks.0.2.", "up_blocks.1.2."))]
+    attn_blocks = ("down_blocks.0.2.", "down_blocks.1.2.", "up_blocks.0.2.", "up_blocks.1.2.")
+    attn = [m for m in linears if m.startswith(attn_blocks)]
     assert len(attn) == 4 * 5, "q, k, v, out_proj and kv_mapper.1 in each of the four patched AttnBlocks"
 
     folder = tmp_path_factory.mktemp("loras")
@@ -105,7 +106,8 @@ def stepwise(lora=None, order="lora_then_apply", apply=True, zero_output=False, 
     lr = g.node("UltraRes_UltraPixelLRGuidance", model=lora_model if lora_in_lr else base,
                 positive=pos.out(0), negative=neg.out(0), **sampling(width=SIZE, height=SIZE))
     upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=zero_output)
-    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0), width=SIZE, height=SIZE)
+    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0),
+                 width=SIZE, height=SIZE)
 
     def apply_to(m):
         return g.node("UltraRes_UltraPixelApply", model=m, ultrapixel_model=upm.out(0), guidance=inr.out(0),

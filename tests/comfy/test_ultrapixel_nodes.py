@@ -125,7 +125,8 @@ def hr_graph(zero_output: bool, patched: bool, seed=1):
     lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0),
                 **sampling(seed=seed))
     upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=zero_output)
-    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0), width=256, height=256)
+    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0),
+                 width=256, height=256)
     model = tc.out(0)
     if patched:
         model = g.node("UltraRes_UltraPixelApply", model=model, ultrapixel_model=upm.out(0), guidance=inr.out(0),
@@ -213,10 +214,13 @@ def test_all_in_one_feeds_stage_b_and_stage_a_and_is_seeded(host, ultrapixel_rec
 def test_step_wise_graph_feeds_stage_b(host, ultrapixel_records):
     g = graph_builder()
     tc, pos, neg = cascade(g)
-    lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0), **sampling())
+    lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0),
+                **sampling())
     upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=False)
-    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0), width=256, height=256)
-    ap = g.node("UltraRes_UltraPixelApply", model=tc.out(0), ultrapixel_model=upm.out(0), guidance=inr.out(0), cfg_rescale=0.7)
+    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0),
+                 width=256, height=256)
+    ap = g.node("UltraRes_UltraPixelApply", model=tc.out(0), ultrapixel_model=upm.out(0), guidance=inr.out(0),
+                cfg_rescale=0.7)
     ks = g.node("KSampler", model=ap.out(0), positive=pos.out(0), negative=neg.out(0), latent_image=inr.out(1),
                 seed=1, steps=STEPS, cfg=4.0, sampler_name="ddpm", scheduler="simple", denoise=1.0)
     stage_b(g, tc, pos, neg, ks.out(0), inr.out(2))

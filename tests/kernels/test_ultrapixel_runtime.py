@@ -13,7 +13,11 @@ import torch
 from ultrares.kernels.ultrapixel import build_ultrapixel_modules
 from ultrares.kernels.ultrapixel_config import CHECKPOINT_PREFIXES, INJECTION_POINTS, UltraPixelConfig
 from ultrares.kernels.ultrapixel_sampling import cfg_rescale, time_grid
-from ultrares.kernels.ultrapixel_weights import infer_point_configs, load_ultrapixel_modules, ultrapixel_checkpoint_shapes
+from ultrares.kernels.ultrapixel_weights import (
+    infer_point_configs,
+    load_ultrapixel_modules,
+    ultrapixel_checkpoint_shapes,
+)
 
 # ComfyUI sigmas of the official 20-step stage-C grid at shift 1 (last replaced by 0).
 OFFICIAL_SIGMAS_20 = [99.995, 12.80727, 6.36459, 4.19954, 3.10373, 2.43544, 1.9807, 1.64777, 1.39075, 1.18408,
@@ -52,7 +56,8 @@ def test_cfg_rescale_matches_the_official_formula():
 
 
 def release_like_state(config: UltraPixelConfig, device="meta") -> dict[str, torch.Tensor]:
-    return {"module." + k: torch.empty(shape, device=device) for k, shape in ultrapixel_checkpoint_shapes(config).items()}
+    shapes = ultrapixel_checkpoint_shapes(config)
+    return {"module." + k: torch.empty(shape, device=device) for k, shape in shapes.items()}
 
 
 def test_release_layout_infers_the_release_config():
