@@ -200,7 +200,7 @@ def test_upscale_seeded_interruptible_and_tiled(host, records, monkeypatch):
 
 
 def test_invalid_resolutions_named(host):
-    from comfy_host import WorkflowError
+    from harness.comfy_host import WorkflowError
 
     g, _, _ = upscale_graph(resolutions="2048, big")
     with pytest.raises(WorkflowError, match="resolutions"):
