@@ -2,8 +2,9 @@
 
 FreeScale (Qiu et al., 2024), "FreeScale: Unleashing the Resolution of Diffusion Models via
 Tuning-Free Scale Fusion", arXiv:2412.09626. Behaviour follows the official code,
-ali-vilab/FreeScale@d5a2256 (file:line references below are to that commit), with timesteps as
-ComfyUI's ``ddim_uniform`` scheduler gives them (Comfy-Org/ComfyUI ``comfy/samplers.py``):
+ali-vilab/FreeScale@d5a2256 (file:line references below are to that commit), on the SDXL
+"leading" timesteps ``t_i = i·⌊1000/N⌋ + 1`` of the official pipeline (``nodes/_stage.py`` builds
+them for the all-in-one node):
 
 * Scale Fusion (``scale_attention.py:83-286``): the self-attention output is ``blur(L) + G − blur(G)``,
   with ``L`` the overlap-averaged windowed (local) self-attention, ``G`` the global (or, in fast mode,

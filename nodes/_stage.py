@@ -6,7 +6,8 @@ particular to its method:
 
 * :func:`decode` / :func:`encode` with a :class:`Tiling` (when to switch to ComfyUI's tiled VAE
   calls, with which tiles) and :func:`reencode` (decode → resize in pixel space → encode);
-* :func:`cfg_guider` and :func:`leading_sigmas` (the schedule both training-free papers use);
+* :func:`cfg_guider` and :func:`leading_sigmas` (exactly N "leading" steps, the schedule both
+  training-free papers use);
 * :func:`latent_px` (image px per latent cell, from what ComfyUI knows of the model and VAE);
 * :class:`StageProgress`: one ComfyUI progress bar with previews and one console bar with ETA
   over every pass of a node, checking for interruption at each step.
@@ -103,14 +104,31 @@ def cfg_guider(model: ModelPatcher, positive: Any, negative: Any, cfg: float) ->
     return guider
 
 
-def leading_sigmas(model: ModelPatcher, steps: int) -> torch.Tensor:
-    """The ``steps`` + 1 sigmas of ComfyUI's ``ddim_uniform`` scheduler for ``model``, on the CPU.
+def leading_timesteps(train_steps: int, steps: int) -> list[int]:
+    """The DDIM "leading" timesteps ``t_i = i·⌊T/N⌋ + 1`` for ``i = N-1, ..., 0``: exactly ``N`` of them.
 
-    For SDXL's 1000 training steps and 50 steps these are the DDIM "leading" timesteps
-    981, 961, ..., 1 of the official Pixelsmith and FreeScale pipelines (diffusers
-    ``timestep_spacing="leading"``, ``steps_offset=1``), then 0.
+    Diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``, as the official SDXL
+    pipelines of Pixelsmith and FreeScale sample (T = 1000, N = 50: 981, 961, ..., 1). Refuses
+    ``N ≥ T``, which would need a timestep past the end of the training schedule.
     """
-    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", int(steps)).cpu()
+    steps, train_steps = int(steps), int(train_steps)
+    if not 1 <= steps < train_steps:
+        raise ValueError(f"steps: {steps} is outside 1..{train_steps - 1} for this model's {train_steps}-step "
+                         f"training schedule; use fewer steps.")
+    ratio = train_steps // steps
+    return [i * ratio + 1 for i in reversed(range(steps))]
+
+
+def leading_sigmas(model: ModelPatcher, steps: int) -> torch.Tensor:
+    """The ``steps`` leading sigmas of ``model`` (:func:`leading_timesteps`), then 0, on the CPU.
+
+    ``model_sampling.sigmas[t]`` is the sigma of discrete timestep ``t``. ComfyUI's
+    ``ddim_uniform`` scheduler gives the same sigmas only when ``steps`` divides the training
+    steps; otherwise it adds extra steps (31 at 30 steps, starting at t = 991).
+    """
+    table = model.get_model_object("model_sampling").sigmas.detach().cpu().float()
+    index = torch.tensor(leading_timesteps(len(table), steps))
+    return torch.cat([table[index], table.new_zeros(1)])
 
 
 def latent_px(vae: VAE) -> int:
@@ -129,6 +147,16 @@ def model_latent_px(model: ModelPatcher | object) -> int:
     if latent_format is None:
         latent_format = getattr(getattr(model, "model", None), "latent_format", None)
     return int(getattr(latent_format, "spacial_downscale_ratio", 8))
+
+
+LATENT_COPIES = 6  # full-size latents a stage holds at once: x, its snapshot, noise, x_up, x0, step map
+
+
+def stage_ram_bytes(batch: int, src_hw: tuple[int, int], size: tuple[int, int], channels: int, px: int) -> int:
+    """RAM a stage needs at its peak, in bytes: the float source and resized images (+ the resize's
+    8-bit copies) and ``LATENT_COPIES`` float latents of ``channels`` at ``px`` image px per cell."""
+    src, dst = src_hw[0] * src_hw[1], size[0] * size[1]
+    return batch * 4 * (3 * (src + 2 * dst) + LATENT_COPIES * channels * dst // (px * px))
 
 
 def noise_for(samples: torch.Tensor, seed: int, batch_index: list[int] | None = None) -> torch.Tensor:

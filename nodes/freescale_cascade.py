@@ -27,6 +27,7 @@ from comfy_api.latest import io
 
 from ..kernels import freescale
 from . import _stage as stage
+from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model
 from .freescale_dilation import apply_restrained_dilation
 from .freescale_fusion import apply_scale_fusion
 
@@ -122,6 +123,7 @@ class FreeScaleSelfCascadeSampler(io.ComfyNode):
     @classmethod
     def execute(cls, cosine_scale: float, restart_percent: float, cosine_scale_bg: float,
                 mask: torch.Tensor | None = None) -> io.NodeOutput:
+        check_numbers(cls, locals())
         config = SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), float(restart_percent),
                                    None if mask is None else mask.detach().clone())
         return io.NodeOutput(self_cascade_sampler(config))
@@ -142,6 +144,17 @@ def parse_resolutions(text: str, multiple: int) -> list[tuple[int, int]]:
     if not sizes:
         raise ValueError("resolutions: give at least one target size, e.g. '2048, 4096'.")
     return sizes
+
+
+def check_stages_ram(samples: torch.Tensor, latent_px: int, sizes: list[tuple[int, int]]) -> None:
+    """Refuse before the first stage when the largest stage's images and latents would not fit in RAM."""
+    batch, channels = samples.shape[0], samples.shape[1]
+    src = (samples.shape[-2] * latent_px, samples.shape[-1] * latent_px)
+    for size in sizes:
+        check_ram(f"resolutions: the stage {src[1]}x{src[0]} -> {size[1]}x{size[0]} px",
+                  stage.stage_ram_bytes(batch, src, size, channels, latent_px),
+                  "Use smaller resolutions or a machine with more RAM.")
+        src = size
 
 
 def has_freeu(model: ModelPatcher) -> bool:
@@ -187,7 +200,7 @@ class FreeScaleUpscale(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the stage noise n (stage k uses seed + k) and of the Scale Fusion window jitter."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Steps of the full ddim_uniform schedule per stage (paper 50); the first 30% are skipped by the restart."),
+                             tooltip="Steps of the full schedule per stage, on the DDIM leading timesteps i·⌊1000/N⌋ + 1 (paper 50); the first int(0.3·steps) are skipped by the restart."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (paper 7.5)."),
                 io.Float.Input("cosine_scale", default=2.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_TIP),
@@ -207,13 +220,16 @@ class FreeScaleUpscale(io.ComfyNode):
     def execute(cls, model: ModelPatcher, vae: VAE, positive: list, negative: list, latent: dict, resolutions: str,
                 seed: int, steps: int, cfg: float, cosine_scale: float, cosine_scale_bg: float, fast_mode: bool,
                 dilation: bool, freeu: bool, mask: torch.Tensor | None = None) -> io.NodeOutput:
+        check_numbers(cls, locals())
         samples = latent["samples"]
-        if samples.dim() != 4 or getattr(samples, "is_nested", False):
-            raise ValueError(f"latent: expected an image latent (B, C, H, W), got shape {tuple(samples.shape)}.")
+        check_vae_matches_model(model, vae)
+        check_latent_matches_vae(samples, vae, "latent")
         ratio = stage.latent_px(vae)
         sizes = parse_resolutions(resolutions, ratio)
         base_px = max(samples.shape[-2], samples.shape[-1]) * ratio  # native size: 1024 for the paper's stage 0
+        check_stages_ram(samples, ratio, sizes)
         restart = freescale.restart_step(steps)
+        sigmas = stage.leading_sigmas(model, steps)
 
         stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
                                          latent_px=ratio)
@@ -231,7 +247,6 @@ class FreeScaleUpscale(io.ComfyNode):
                 x_up = stage.reencode(vae, x, size, freescale.upsample_image, TILING)
                 stage_seed = (seed + k) % 2**64
                 noise = stage.noise_for(x_up, stage_seed, latent.get("batch_index"))
-                sigmas = stage.leading_sigmas(stage_model, steps)
                 callback = progress.callback(f"stage {size[1]}x{size[0]}", first_step=restart)
                 guider = stage.cfg_guider(stage_model, positive, negative, cfg)
                 x = guider.sample(noise, x_up, sampler, sigmas, callback=callback, disable_pbar=True, seed=stage_seed)

@@ -26,6 +26,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock
 from comfy_api.latest import io
 
 from ..kernels import freescale
+from ._checks import check_numbers
 from ._stage import model_latent_px
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class FreeScaleRestrainedDilation(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: ModelPatcher, dilate_percent: float, base_size: int) -> io.NodeOutput:
+        check_numbers(cls, locals())
         return io.NodeOutput(apply_restrained_dilation(model, dilate_percent=dilate_percent, base_px=base_size))
 
 

@@ -18,6 +18,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels import freescale
+from ._checks import check_numbers
 from ._stage import model_latent_px
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class FreeScaleScaleFusion(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelPatcher, fast_mode: bool, start_percent: float, end_percent: float,
                 jitter_seed: int, jitter: bool) -> io.NodeOutput:
+        check_numbers(cls, locals())
         return io.NodeOutput(apply_scale_fusion(model, fast_mode=fast_mode, start_percent=start_percent,
                                                 end_percent=end_percent, jitter_seed=jitter_seed, jitter=jitter))
 

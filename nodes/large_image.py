@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..kernels.large_image import BigTiffStreamWriter, PngStreamWriter, RowPreview
 from ..kernels.tiling import starts, tile_weights
+from ._checks import check_filename_prefix, check_latent_matches_vae, check_numbers, format_bytes
 
 if TYPE_CHECKING:
     from comfy.sd import VAE
@@ -37,7 +38,6 @@ TIFF_COMPRESSION = ("deflate", "none")
 PREVIEW_MAX_SIDE = 1024
 TILES_PER_DECODE = 8  # tiles decoded per VAE call
 DISK_MARGIN = 64 << 20  # bytes kept free besides the file
-GIB = float(1 << 30)
 
 
 def estimate_needs(latent_hw: tuple[int, int], ratio: int, tile: int, fmt: str) -> tuple[int, int]:
@@ -52,6 +52,25 @@ def estimate_needs(latent_hw: tuple[int, int], ratio: int, tile: int, fmt: str) 
     tile_px = min(tile, latent_hw[0]) * ratio * min(tile, latent_hw[1]) * ratio
     ram = band * W * 4 * 4 + TILES_PER_DECODE * tile_px * 3 * 4 * 2 + band * W * 3 * 2
     return disk, ram
+
+
+def output_path(prefix: str, width: int, height: int) -> tuple[str, str, int, str]:
+    """ComfyUI's ``(folder, file name, counter, subfolder)`` for ``prefix``, the folder created.
+
+    Refuses, naming ``filename_prefix``, a prefix outside the output folder and a folder that
+    cannot be created (a file in its place, no permission).
+    """
+    out_dir = folder_paths.get_output_directory()
+    try:
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir, width, height)
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"filename_prefix: cannot create the folder for {prefix!r} in {out_dir}: "
+                         f"{e.strerror or e}. Use another prefix or make the output folder writable.") from e
+    except Exception as e:  # ComfyUI raises a bare Exception for a path outside the output folder
+        raise ValueError(f"filename_prefix: {prefix!r} points outside the output folder {out_dir}; "
+                         f"use a name inside it, such as 'UltraRes/pixelsmith'.") from e
+    return folder, filename, counter, subfolder
 
 
 class SaveLargeImage(io.ComfyNode):
@@ -95,6 +114,7 @@ class SaveLargeImage(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, vae: VAE, filename_prefix: str, format: str, tiff_compression: str,  # noqa: A002
                 tile_size: int, overlap: int) -> io.NodeOutput:
+        check_numbers(cls, locals())
         fmt = format
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -103,22 +123,20 @@ class SaveLargeImage(io.ComfyNode):
         if not 0 <= overlap < tile_size:
             raise ValueError(f"overlap ({overlap}) must be in [0, tile_size={tile_size})")
         latent = samples["samples"]
-        if latent.dim() != 4:
-            raise ValueError(f"samples: Save Large Image needs an image latent (B, C, H, W), got {tuple(latent.shape)}")
+        check_latent_matches_vae(latent, vae, "samples")
+        check_filename_prefix(filename_prefix)
         B, _, h, w = latent.shape
         ratio = int(vae.spacial_compression_decode())
         H, W = h * ratio, w * ratio
 
-        out_dir = folder_paths.get_output_directory()
-        full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, W, H)
-        os.makedirs(full_folder, exist_ok=True)
+        full_folder, filename, counter, subfolder = output_path(filename_prefix, W, H)
         disk_one, ram = estimate_needs((h, w), ratio, tile_size, fmt)
         disk = disk_one * B
         free_disk = shutil.disk_usage(full_folder).free
         free_ram = psutil.virtual_memory().available
-        summary = (f"Save Large Image: {B} × {W}x{H} px {fmt}; needs up to {disk / GIB:.2f} GiB disk "
-                   f"({free_disk / GIB:.2f} GiB free in {full_folder}) and ~{ram / GIB:.2f} GiB RAM "
-                   f"({free_ram / GIB:.2f} GiB available)")
+        summary = (f"Save Large Image: {B} × {W}x{H} px {fmt}; needs up to {format_bytes(disk)} disk "
+                   f"+ {format_bytes(DISK_MARGIN)} kept free ({format_bytes(free_disk)} free in {full_folder}) "
+                   f"and ~{format_bytes(ram)} RAM ({format_bytes(free_ram)} available)")
         log.info(summary)
         if disk + DISK_MARGIN > free_disk:
             raise ValueError(f"{summary}: not enough disk space. Free space or pick another output folder.")
@@ -131,8 +149,12 @@ class SaveLargeImage(io.ComfyNode):
         for b in range(B):
             name = f"{filename}_{counter + b:05}_.{'png' if fmt == 'png' else 'tif'}"
             path = os.path.join(full_folder, name)
-            preview = cls._write_one(latent[b:b + 1], vae, path, fmt, tiff_compression, tile_size, overlap,
-                                     ratio, ys, xs, pbar)
+            try:
+                preview = cls._write_one(latent[b:b + 1], vae, path, fmt, tiff_compression, tile_size, overlap,
+                                         ratio, ys, xs, pbar)
+            except OSError as e:
+                raise ValueError(f"filename_prefix: cannot write {path}: {e.strerror or e}. Check that the output "
+                                 f"folder is writable and has free space; nothing was left behind.") from e
             previews.append(preview)
             paths.append(path)
             pv_name = f"{filename}_{counter + b:05}_preview.png"

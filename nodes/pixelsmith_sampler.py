@@ -40,6 +40,7 @@ from comfy_api.latest import io
 from tqdm.auto import tqdm
 
 from ..kernels import pixelsmith
+from ._checks import check_numbers
 from .pixelsmith_conditioning import PatchConditioning
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ def validate_config(config: PixelsmithConfig) -> None:
         raise ValueError(f"slider must be >= 0 (guided steps), got {config.slider}")
     if config.patch_size < 8:
         raise ValueError(f"patch_size must be >= 8 latent px, got {config.patch_size}")
-    if not 0 <= config.band < config.patch_size:
-        raise ValueError(f"band must be in [0, patch_size), got {config.band}")
+    check_band(config.band, config.patch_size)
     if config.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
     if config.patch_batch < 0:
@@ -88,6 +88,13 @@ def validate_config(config: PixelsmithConfig) -> None:
         raise ValueError(f"crop_conditioning must be one of {CROP_MODES}, got {config.crop_mode!r}")
     if config.state_device not in STATE_DEVICES:
         raise ValueError(f"state_device must be one of {STATE_DEVICES}, got {config.state_device!r}")
+
+
+def check_band(band: int, patch_side: int, clamped: str = "") -> None:
+    """The averaging band must stay below half the patch side, so opposite borders never meet."""
+    if band < 0 or 2 * band >= patch_side:
+        raise ValueError(f"band: {band} must be at least 0 and below half the patch side ({patch_side} latent px"
+                         f"{clamped}), i.e. at most {max(0, (patch_side - 1) // 2)}.")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -221,6 +228,9 @@ class PixelsmithSampler(comfy.samplers.Sampler):
         sigmas_cpu = sigmas.detach().cpu()
         alphas = signal_scales(inner_model.model_sampling, sigmas_cpu)
         patch_hw = (min(config.patch_size, H), min(config.patch_size, W))
+        if min(patch_hw) < config.patch_size:
+            check_band(config.band, min(patch_hw), f": patch_size {config.patch_size} is clamped to the "
+                                                     f"{W}x{H} latent")
         on_cpu, z_up, n = staged_state(config.state_device, latent_image, noise)
         patch_batch = 1
         if config.mode == "fast":
@@ -273,7 +283,8 @@ def sampler_inputs(default_slider: int = 20) -> list:
                              "native training size; smaller latents are clamped to their own size."),
         io.Int.Input("band", default=10, min=0, max=128,
                      tooltip="Half-width of the 50/50 averaging band at patch borders, latent px "
-                             "(official 10). 0 disables the averaging; keep below patch_size/2."),
+                             "(official 10). 0 disables the averaging; must be below half the patch side "
+                             "(the patch is clamped to the latent on small images)."),
         io.Combo.Input("mode", options=list(MODES), default="faithful",
                        tooltip="faithful: one random patch per model call, the official order. fast: "
                                "several non-overlapping patches at the same step per call (same guidance, "
@@ -325,6 +336,7 @@ class PixelsmithSamplerNode(io.ComfyNode):
     @classmethod
     def execute(cls, slider: int, patch_size: int, band: int, mode: str, patch_batch: int, crop_conditioning: str,
                 state_device: str) -> io.NodeOutput:
+        check_numbers(cls, locals())
         config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device)
         return io.NodeOutput(PixelsmithSampler(config))
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
 
+from ._checks import check_numbers
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
 from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, LRFeatures, check_compatible, inject_clone
 
@@ -47,6 +48,7 @@ class UltraPixelApply(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelPatcher, ultrapixel_model: UltraPixelModel, guidance: LRFeatures,
                 cfg_rescale: float) -> io.NodeOutput:
+        check_numbers(cls, locals())
         check_compatible(model, ultrapixel_model, guidance)
         if not 0.0 <= cfg_rescale <= 1.0:
             raise ValueError(f"cfg_rescale: {cfg_rescale} is outside 0..1.")

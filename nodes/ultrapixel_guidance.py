@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfy_api.latest import io
 
+from ._checks import check_numbers
 from ._stage import StageProgress
 from .ultrapixel_passes import lr_pass, sampling_inputs, validate_size
 from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, check_compatible
@@ -49,6 +50,7 @@ class UltraPixelLRGuidance(io.ComfyNode):
     def execute(cls, model: ModelPatcher, positive: Any, negative: Any, width: int, height: int, seed: int,
                 steps: int, cfg: float, cfg_rescale: float, shift: float,
                 lr_latent: dict | None = None) -> io.NodeOutput:
+        check_numbers(cls, locals())
         validate_size(width, height)
         check_compatible(model)
         with StageProgress(model, steps, "UltraPixel LR Guidance") as progress:

@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from ..kernels.ultrapixel import stage_c_latent_size
 from ..kernels.ultrapixel_config import INJECTION_POINTS
+from ._checks import check_numbers
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
 from .ultrapixel_passes import size_inputs, stage_b_latent, validate_size
 from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, LRFeatures
@@ -67,6 +68,7 @@ class UltraPixelINRUpscale(io.ComfyNode):
     @classmethod
     def execute(cls, ultrapixel_model: UltraPixelModel, guidance: LRFeatures, width: int,
                 height: int) -> io.NodeOutput:
+        check_numbers(cls, locals())
         validate_size(width, height)
         if {p: int(g.shape[1]) for p, g in guidance.features.items()} != ultrapixel_model.channels():
             raise ValueError("guidance: captured on a stage C whose channels do not match ultrapixel_model.")

@@ -16,6 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
+from ._checks import check_numbers, check_vae_matches_model
 from ._stage import StageProgress
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
 from .ultrapixel_passes import (
@@ -81,12 +82,17 @@ class UltraPixelStageC(io.ComfyNode):
     def execute(cls, model: ModelPatcher, ultrapixel_model: UltraPixelModel, positive: Any, negative: Any,
                 width: int, height: int, seed: int, steps: int, cfg: float, cfg_rescale: float, shift: float,
                 batch_size: int, image: torch.Tensor | None = None, vae: VAE | None = None) -> io.NodeOutput:
+        check_numbers(cls, locals())
         validate_size(width, height)
         check_compatible(model, ultrapixel_model)
         lr_latent = None
         if image is not None:
             if vae is None:
                 raise ValueError("vae: an image as LR source needs the stage-C VAE (effnet encoder).")
+            check_vae_matches_model(model, vae)
+            if int(vae.spacial_compression_encode()) != EFFNET_PX:
+                raise ValueError(f"vae: this VAE encodes {vae.spacial_compression_encode()} px per latent cell, the "
+                                 f"stage-C (effnet) VAE {EFFNET_PX}; connect the VAE of the stage-C checkpoint.")
             lr_latent = encode_lr_image(image, vae, stage_c_latent_size(*lr_pixel_size(height, width)))
         sampled = with_shift(model, shift)
         # LR + HR; img2img's single LR step advances the bar by `steps`
