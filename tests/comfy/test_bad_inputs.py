@@ -93,10 +93,11 @@ def model_patch(node_id: str, **inputs):
     return g.finalize()
 
 
-def node_output(node_id: str, **inputs):
-    """A node without a MODEL input (a SAMPLER maker), its output used by SamplerCustomAdvanced."""
+def node_output(node_id: str, family: str = "sdxl", **inputs):
+    """A node without a MODEL input (a SAMPLER maker), its output used by SamplerCustomAdvanced on a
+    4-channel latent."""
     g = graph_builder()
-    model, pos, neg, _ = sdxl(g)
+    model, pos, neg = flux(g) if family == "flux" else sdxl(g)[:3]
     sampler = g.node(node_id, **inputs)
     sigmas = g.node("BasicScheduler", model=model, scheduler="ddim_uniform", steps=2, denoise=1.0)
     guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=5.0)
@@ -207,6 +208,8 @@ CASES = [
          r"band: 8 must be .* \(16 latent px: patch_size 128 is clamped to the 16x16 latent\)"),
     Case("sampler-band-half-patch", lambda: node_output("UltraRes_PixelsmithSampler", **{**SAMPLER, "band": 4}),
          r"band: 4 must be at least 0 and below half the patch side \(8 latent px\)"),
+    Case("sampler-flux-4ch-latent", lambda: node_output("UltraRes_PixelsmithSampler", family="flux", **SAMPLER),
+         r"latent_image: the latent has 4 channels, the model works on 16"),
     Case("pixelsmith-steps-string", lambda: pixelsmith(steps="twenty"), r"steps"),
     Case("pixelsmith-mode-unknown", lambda: pixelsmith(mode="turbo"), r"mode"),
     Case("pixelsmith-seed-negative", lambda: pixelsmith(seed=-1), r"seed"),

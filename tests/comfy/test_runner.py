@@ -25,7 +25,9 @@ SIZE_LIST = re.compile(r"^\s*\d+(\s*x\s*\d+)?(\s*[,;]\s*\d+(\s*x\s*\d+)?)*\s*$")
 def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
     """The same graph at a test size: every pixel size scaled by one factor so the largest is
     at most ``max_px`` (ints named *width/*height/*size and size-list strings such as
-    "1024, 2048, 4096"), and step counts cut to ``steps``. Nothing else is touched."""
+    "1024, 2048, 4096"), step counts cut to ``steps`` and Pixelsmith's ``band`` to 3 (the shrunk
+    latents can be 8 px, and the band must stay below half the patch clamped to them). Nothing
+    else is touched."""
     out = json.loads(json.dumps(prompt))
     sizes = [v for n in out.values() for k, v in n["inputs"].items()
              if isinstance(v, int) and not isinstance(v, bool) and SIZE_INPUT.search(k) and v >= 64]
@@ -44,6 +46,8 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
                 node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
             elif k == "steps" and isinstance(v, int):
                 node["inputs"][k] = min(v, steps)
+            elif k == "band" and isinstance(v, int):
+                node["inputs"][k] = min(v, 3)
     return out
 
 
