@@ -213,6 +213,10 @@ class PixelsmithSampler(comfy.samplers.Sampler):
         if latent_image.dim() != 4:
             raise ValueError(f"Pixelsmith sampler: needs a spatial (B, C, H, W) latent, got "
                              f"{tuple(latent_image.shape)}")
+        channels = model_wrap.inner_model.latent_format.latent_channels
+        if latent_image.shape[1] != channels:
+            raise ValueError(f"latent_image: the latent has {latent_image.shape[1]} channels, the model works on "
+                             f"{channels}; encode the image with the VAE that belongs to the model.")
         if not isinstance(getattr(model_wrap, "conds", None), dict):
             raise ValueError("Pixelsmith sampler: the guider exposes no processed conds "
                              "(use CFGGuider or a guider derived from it).")
