@@ -1,12 +1,13 @@
-"""UltraPixel weights: the released file's layout, one strict checker, one loader, file formats.
+"""UltraPixel weights: the released file's layout, one strict checker, one loader.
 
 UltraPixel (Ren et al., 2024, arXiv:2407.02158). The official code (catcathh/UltraPixel@e85d3bc)
 saves ``nn.ModuleList([64 x Null_Model, agg_net, agg_net_up])`` wrapped in DDP
 (``train/train_t2i.py:262-281``), so the released ``ultrapixel_t2i.safetensors`` holds 168 keys,
 42 per added module, under ``module.64.0`` / ``module.64.1`` (encoder E0, E1) and
 ``module.65.0`` / ``module.65.1`` (decoder D0, D1); ``inference/test_t2i.py:96-101`` strips the
-``module.``. That file is really a PyTorch pickle, so the format is read from the file's first
-bytes, never from its extension, and pickles are read with ``torch.load(weights_only=True)``.
+``module.``. That file is really a PyTorch pickle; files are read by
+``weights_file.read_state_dict`` (format from the first bytes, never the extension; pickles with
+``torch.load(weights_only=True)``; every damaged file a ``DamagedWeightsError`` saying what to do).
 
 * :func:`module_state_shapes` / :func:`ultrapixel_checkpoint_shapes`: the one layout table.
 * :func:`check_state_dict`: the one strict key / shape checker (messages name the keys).
@@ -20,69 +21,14 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .ultrapixel import GuidanceFusionModule
 from .ultrapixel_config import CHECKPOINT_PREFIXES, INJECTION_POINTS, RELEASE_HEAD_WIDTH, UltraPixelConfig
-
-CheckpointFormat = Literal["torch_zip", "torch_pickle", "safetensors"]
-
-# File formats
-
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6 (zip container)
-_PICKLE_PROTO = 0x80  # legacy torch.save: a raw pickle starting with the PROTO opcode
-
-
-def detect_checkpoint_format(path: str | os.PathLike[str]) -> CheckpointFormat:
-    """Identify a checkpoint by magic bytes: torch zip, legacy torch pickle, or safetensors.
-
-    A safetensors file starts with a little-endian u64 header length n followed by a JSON object
-    (``{``) that fits in the file.
-
-    Raises:
-        ValueError: the file matches none of the three layouts.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if head[:4] == _ZIP_MAGIC:
-        return "torch_zip"
-    if len(head) == 9 and head[8:9] == b"{":
-        (n_header,) = struct.unpack("<Q", head[:8])
-        if 8 + n_header <= size:
-            return "safetensors"
-    if head[:1] and head[0] == _PICKLE_PROTO:
-        return "torch_pickle"
-    raise ValueError(f"{os.fspath(path)!r} is neither a PyTorch checkpoint nor a safetensors file")
-
-
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Load a flat ``{key: tensor}`` state dict on CPU, whatever the file extension says.
-
-    Pickles go through ``torch.load(file_object, map_location="cpu", weights_only=True)`` (no
-    arbitrary code); safetensors through ``safetensors.torch.load_file``.
-
-    Raises:
-        ValueError: unknown format, or the file does not hold a flat mapping of tensors.
-    """
-    fmt = detect_checkpoint_format(path)
-    if fmt == "safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(os.fspath(path), device="cpu")
-    else:
-        # A file object, not the path: recent torch.load routes "*.safetensors" paths to the
-        # safetensors reader, which fails on the release's pickle ("header too large").
-        with open(path, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{os.fspath(path)!r} does not contain a flat state dict of tensors")
-    return dict(state)
+from .weights_file import read_state_dict
 
 
 def strip_key_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -282,6 +228,7 @@ def load_ultrapixel_modules(
     config: UltraPixelConfig | None = None,
     *,
     dtype: torch.dtype | None = None,
+    folder: str | None = None,
 ) -> tuple[nn.ModuleDict, dict[str, UltraPixelConfig]]:
     """Load the released weights (pickle or safetensors, checked strictly) into four modules.
 
@@ -294,14 +241,22 @@ def load_ultrapixel_modules(
         config: the sizes every module must have; ``None`` reads them per point from the
             tensors (:func:`infer_point_configs`).
         dtype: cast the weights (default: keep the file's dtype, bf16 for the release).
+        folder: where the file lives, in words, for the messages about a damaged file (default:
+            its absolute directory).
 
     Returns:
         ``(modules, {point: config})``.
 
     Raises:
-        ValueError: unreadable file, or keys / shapes differ from the layout (the message names them).
+        DamagedWeightsError: the file is missing, truncated, a Git LFS pointer, of an unknown
+            format or holds other Python objects (``weights_file.read_state_dict``).
+        ValueError: keys / shapes differ from the layout (the message names them).
     """
-    state = load_checkpoint_file(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    if isinstance(source, (str, os.PathLike)):
+        where = folder if folder is not None else os.path.dirname(os.path.abspath(source))
+        state = read_state_dict(source, folder=where)
+    else:
+        state = dict(source)
     if config is None:
         configs = infer_point_configs(state)
     else:

@@ -16,19 +16,26 @@ import comfy.sd
 import comfy.supported_models
 import torch
 from comfy_api.latest import io
-from safetensors import safe_open
 
 from ..demo import spec
+from ..kernels.weights_file import DamagedWeightsError, read_state_dict
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / spec.WEIGHTS_FILE
 
 
 def _read(prefix: str) -> dict[str, torch.Tensor]:
-    if not WEIGHTS.is_file():
-        raise FileNotFoundError(f"The demo model weights are missing from the pack: {WEIGHTS}. "
-                                f"Reinstall UltraRes or retrain them with `python -m demo.train`.")
-    with safe_open(str(WEIGHTS), framework="pt", device="cpu") as f:
-        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    """The tensors of the shipped weights whose keys start with ``prefix``, the prefix dropped.
+
+    The whole file (a few MB) goes through the pack's checked reader, so a missing, truncated or
+    Git LFS pointer file is a message saying what to do, never a reader's error.
+    """
+    try:
+        state = read_state_dict(WEIGHTS, folder=f"the UltraRes pack's demo folder ({WEIGHTS.parent})")
+    except DamagedWeightsError as e:
+        raise type(e)(f"{e}. The demo weights ship inside UltraRes ({WEIGHTS.parents[1]}): reinstall the pack "
+                      f"(in a git clone of it, run `git lfs pull` there), or retrain them with "
+                      f"`python -m demo.train`.") from None
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

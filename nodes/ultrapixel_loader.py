@@ -6,7 +6,9 @@ The released ``ultrapixel_t2i.safetensors`` is really a PyTorch pickle, so the f
 from the file's first bytes, never from its extension; pickles are loaded with
 ``weights_only=True``. Key names are checked strictly (the release's 168) and the module sizes
 are read from the tensor shapes, so a tiny synthetic file for a tiny stage C loads the same way
-as the real one. The checks and the loader live in ``kernels/ultrapixel_weights.py``.
+as the real one. The checks and the loader live in ``kernels/ultrapixel_weights.py``; a damaged
+file (truncated, a Git LFS pointer, a pickle of other objects) is reported by
+``kernels/weights_file.py`` with its name, its folder and what to do.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from comfy_api.latest import io
 
 from ..kernels.ultrapixel_config import UltraPixelConfig
 from ..kernels.ultrapixel_weights import load_ultrapixel_modules
+from ..kernels.weights_file import DamagedWeightsError
 
 FOLDER = "ultrapixel"
 ULTRAPIXEL_MODEL = io.Custom("ULTRAPIXEL_MODEL")
@@ -56,9 +59,12 @@ class UltraPixelModel:
 
 
 def load_ultrapixel(source: str | os.PathLike[str] | Mapping[str, torch.Tensor], name: str,
-                    dtype: torch.dtype | None = None) -> UltraPixelModel:
-    """Path or state dict -> :class:`UltraPixelModel` (strict; ValueError names keys on mismatch)."""
-    modules, configs = load_ultrapixel_modules(source, dtype=dtype)
+                    dtype: torch.dtype | None = None, folder: str | None = None) -> UltraPixelModel:
+    """Path or state dict -> :class:`UltraPixelModel` (strict; ValueError names keys on mismatch).
+
+    ``folder`` names where the file lives in the messages about a damaged file (DamagedWeightsError).
+    """
+    modules, configs = load_ultrapixel_modules(source, dtype=dtype, folder=folder)
     modules = modules.to(comfy.model_management.unet_offload_device())
     return UltraPixelModel(modules=modules, configs=configs, name=name, dtype=dtype)
 
@@ -97,8 +103,11 @@ class UltraPixelLoader(io.ComfyNode):
                              f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).")
         if weight_dtype not in DTYPES:
             raise ValueError(f"weight_dtype: expected one of {list(DTYPES)}, got {weight_dtype!r}.")
+        folder = f"models/ultrapixel ({os.path.dirname(path)})"
         try:
-            model = load_ultrapixel(path, ultrapixel_name, DTYPES[weight_dtype])
+            model = load_ultrapixel(path, ultrapixel_name, DTYPES[weight_dtype], folder=folder)
+        except DamagedWeightsError as e:  # names the file and its folder, says what to do
+            raise type(e)(f"ultrapixel_name: {e}") from None
         except ValueError as e:
             raise ValueError(f"ultrapixel_name: {ultrapixel_name} is not a usable UltraPixel checkpoint.\n{e}") from e
         return io.NodeOutput(model)

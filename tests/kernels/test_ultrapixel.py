@@ -35,13 +35,12 @@ from ultrares.kernels.ultrapixel_inr import fourier_encode, inr_query, make_coor
 from ultrares.kernels.ultrapixel_norm import ScaleAwareNorm, channel_layer_norm, r_embedding, scale_value
 from ultrares.kernels.ultrapixel_weights import (
     check_ultrapixel_state_dict,
-    detect_checkpoint_format,
-    load_checkpoint_file,
     load_ultrapixel_modules,
     module_state_shapes,
     split_ultrapixel_state_dict,
     ultrapixel_checkpoint_shapes,
 )
+from ultrares.kernels.weights_file import check_weights_file, read_state_dict
 
 # One TransInr_withnorm of the release (prefix module.{64|65}.{0|1}. stripped).
 RELEASE_TABLE: dict[str, tuple[int, ...]] = {
@@ -218,8 +217,8 @@ def test_checkpoint_roundtrip_strict(tmp_path, writer, fmt):
         from safetensors.torch import save_file
 
         save_file({k[len("module.") :]: v for k, v in state.items()}, str(path))
-    assert detect_checkpoint_format(path) == fmt
-    loaded = load_checkpoint_file(path)
+    assert check_weights_file(path, folder=str(tmp_path)) == fmt
+    loaded = read_state_dict(path, folder=str(tmp_path))
     assert check_ultrapixel_state_dict(loaded, SMALL_PARITY_CONFIG) is None
     modules, configs = load_ultrapixel_modules(path, SMALL_PARITY_CONFIG, dtype=torch.float32)
     assert configs == {p: SMALL_PARITY_CONFIG for p in INJECTION_POINTS}
@@ -272,7 +271,7 @@ def test_unknown_file_format_is_rejected(tmp_path):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="neither"):
-        load_checkpoint_file(path)
+        read_state_dict(path, folder=str(tmp_path))
 
 
 # Behaviour of the module
