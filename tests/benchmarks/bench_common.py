@@ -132,6 +132,9 @@ class Meter:
         return max(self.base_rss, self._rss.peak)
 
     def wrapper(self, executor, *args, **kwargs):
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()  # a time budget can stop a run
         if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()

@@ -23,7 +23,7 @@ from bench_common import Meter, boot, sdxl_model  # noqa: E402  (script folder o
 
 
 def run_one(sampler_mod, mp, pos, neg, size: int, mode: str, steps: int, slider: int, cuda: bool,
-            patch_batch: int = 0):
+            patch_batch: int = 0, patch_size: int = 128, band: int = 10):
     import comfy.patcher_extension as pe
     import comfy.sample
     import comfy.samplers
@@ -36,7 +36,7 @@ def run_one(sampler_mod, mp, pos, neg, size: int, mode: str, steps: int, slider:
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(pos, neg)
     guider.set_cfg(7.5)
-    config = sampler_mod.PixelsmithConfig(slider, 128, 10, mode, patch_batch, "fixed", "auto")
+    config = sampler_mod.PixelsmithConfig(slider, patch_size, band, mode, patch_batch, "fixed", "auto")
     noise = comfy.sample.prepare_noise(latent, 3)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

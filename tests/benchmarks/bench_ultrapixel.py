@@ -55,6 +55,11 @@ def pack(host, suffix):
     return sys.modules[f"{package}.{suffix}"]
 
 
+def fixtures_of(host):
+    """The test-fixture package (tiny models) of a booted host."""
+    return sys.modules[host.node_classes["UltraResTest_TinyCascade"].__module__]
+
+
 def conditioning(width_text: int, width_pooled: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     text = torch.randn(1, 77, width_text, generator=g)
@@ -62,23 +67,26 @@ def conditioning(width_text: int, width_pooled: int, seed: int):
     return [[text, {"pooled_output": pooled}]]
 
 
-def cpu_models(host):
-    fixtures = sys.modules[host.node_classes["UltraResTest_TinyCascade"].__module__]
-    tiny_up = sys.modules[host.node_classes["UltraResTest_TinyUltraPixel"].__module__]
+def cpu_models(pack_module, fixtures):
+    """Tiny stage C and UltraPixel modules; ``pack_module(suffix)`` returns the pack's module."""
+    import importlib
+
+    tiny_up = importlib.import_module(f"{fixtures.__name__}.tiny_ultrapixel")
     stage_c = fixtures.tiny_models.tiny_cascade("c", 0)
-    loader = pack(host, "nodes.ultrapixel_loader")
+    loader = pack_module("nodes.ultrapixel_loader")
     up_model = loader.load_ultrapixel(tiny_up.tiny_ultrapixel_state(0), "tiny")
     width = fixtures.tiny_models.TINY_CLIP_WIDTH
     return stage_c, up_model, width, width, RssPeak
 
 
-def cuda_models(host):
+def cuda_models(pack_module, fixtures=None):
+    """Random full-size stage C (3.6B, bf16) and UltraPixel modules (105 M, bf16) on CUDA."""
     import comfy.model_patcher
     import comfy.supported_models
 
-    kup = pack(host, "kernels.ultrapixel")
-    kconfig = pack(host, "kernels.ultrapixel_config")
-    loader = pack(host, "nodes.ultrapixel_loader")
+    kup = pack_module("kernels.ultrapixel")
+    kconfig = pack_module("kernels.ultrapixel_config")
+    loader = pack_module("nodes.ultrapixel_loader")
     device = torch.device("cuda")
     config = comfy.supported_models.Stable_Cascade_C({"stable_cascade_stage": "c"})  # StageC defaults: 3.6B
     config.set_inference_dtype(torch.bfloat16, None)
@@ -134,7 +142,8 @@ def main(argv=None) -> int:
     passes = pack(host, "nodes.ultrapixel_passes")
     patch = pack(host, "nodes.ultrapixel_patch")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    stage_c, up_model, w_text, w_pooled, peak_cls = (cuda_models if use_cuda else cpu_models)(host)
+    stage_c, up_model, w_text, w_pooled, peak_cls = (cuda_models if use_cuda else cpu_models)(
+        lambda suffix: pack(host, suffix), fixtures_of(host))
     positive = conditioning(w_text, w_pooled, 1)
     negative = conditioning(w_text, w_pooled, 2)
     steps, cfg, rho, shift = args.steps, 4.0, 0.7, 1.0
