@@ -7,7 +7,14 @@
 * detail — :func:`texture_distance`: a patch-level realism score in the spirit of FID-patch.
   Hand-made features of 32² crops taken at 1:1 pixel scale (radially averaged log power spectrum,
   gradient statistics, colour spread) are fitted with a Gaussian for the result and for the
-  training images, and the Fréchet distance between the two is reported (0 = indistinguishable).
+  training images, and the Fréchet distance between the two is reported (0 = indistinguishable);
+  :func:`fine_energy`: the power of the top spectral band (periods under 4 px) at 1:1, to compare
+  with direct sampling and the training images (native-scale detail kept);
+* structure kept — :func:`mask_iou`: IoU of the object masks of the result (at the base's size)
+  and of the base;
+* seams — :func:`seam_score`: the colour jump across the lines of a tile grid (patch or VAE tile
+  borders) ÷ the jump across the latent-cell borders beside them (1 = no seam at the grid);
+  :func:`worst_line`: the strongest cell-border line ÷ the median one, wherever it lies.
 """
 from __future__ import annotations
 
@@ -92,3 +99,60 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def texture_distance(result: torch.Tensor, reference_features: torch.Tensor, seed: int = 0) -> float:
     """Fréchet distance of ``result``'s 1:1 crop features to the training images' features."""
     return frechet_distance(texture_features(result, seed=seed), reference_features)
+
+
+def _jumps(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean |colour step| across each column border and each row border: ([B, W-1], [B, H-1])."""
+    x = images.float()
+    cols = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(1).mean(1)  # border between columns j, j+1
+    rows = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(1).mean(2)
+    return cols, rows
+
+
+def seam_score(images: torch.Tensor, period: int, cell: int = 8) -> torch.Tensor:
+    """Per image: jump across the ``period``-px grid lines ÷ jump across the cell borders beside them.
+
+    Each grid line is compared with the parallel ``cell``-px borders one and two cells away on
+    either side, so the content around it (an object edge that happens to sit there) weighs
+    equally on both: ≈ 1 without a seam, above 1 when the grid shows.
+    """
+    cols, rows = _jumps(images)
+    ratios = []
+    for jumps in (cols, rows):
+        n = jumps.shape[-1] + 1  # image side
+        for line in range(period, n - 2 * cell, period):
+            beside = [line + d * cell for d in (-2, -1, 1, 2) if 0 < line + d * cell < n]
+            ratios.append(jumps[..., line - 1] / jumps[..., [b - 1 for b in beside]].mean(-1).clamp_min(1e-8))
+    return torch.stack(ratios, -1).mean(-1)
+
+
+def worst_line(images: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """Per image: the largest jump across one ``cell``-px border line ÷ the median line's."""
+    cols, rows = _jumps(images)
+    lines = torch.cat([cols[..., cell - 1::cell], rows[..., cell - 1::cell]], dim=-1)
+    return lines.max(-1).values / lines.median(-1).values.clamp_min(1e-8)
+
+
+def fine_energy(images: torch.Tensor, crop: int = 64, n_per_image: int = 8, seed: int = 0) -> float:
+    """Mean power of the top spectral band (0.25–0.5 cycles/px) of random 1:1 grey crops."""
+    size = min(crop, images.shape[-1], images.shape[-2])
+    g = torch.Generator().manual_seed(seed)
+    b, _, h, w = images.shape
+    ys = torch.randint(0, h - size + 1, (b * n_per_image,), generator=g)
+    xs = torch.randint(0, w - size + 1, (b * n_per_image,), generator=g)
+    grey = images.float().mean(1)
+    crops = torch.stack([grey[i // n_per_image, y:y + size, x:x + size]
+                         for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
+    spectrum = torch.fft.fft2(crops - crops.mean(dim=(-2, -1), keepdim=True)).abs().pow(2) / size ** 2
+    f = torch.fft.fftfreq(size)
+    radius = torch.sqrt(f.view(-1, 1) ** 2 + f.view(1, -1) ** 2)
+    return float(spectrum[:, radius >= 0.25].sum(-1).mean())
+
+
+def mask_iou(result: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Per image: IoU of the object mask of ``result`` area-downscaled to ``base``'s size and ``base``'s."""
+    small = F.interpolate(result.float(), size=base.shape[-2:], mode="area")
+    a, b = object_mask(small), object_mask(base.float())
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))

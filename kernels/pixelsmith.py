@@ -199,10 +199,10 @@ def sample_pixelsmith(
             width so small latents work (a P ≥ H, W run is then a plain full-latent sampler).
         band: half-width of the averaging band in latent px (official 10).
         mode: ``"faithful"``: one patch per ``model`` call, official random order.
-            ``"fast"``: each round is covered by a grid of windows (:func:`round_grid`: aligned
-            and randomly shifted grids alternate), taken in random order, up to ``patch_batch``
-            disjoint windows per call; same guidance, mask and band. About half the windows of
-            ``"faithful"`` per step.
+            ``"fast"``: each round is covered by a grid of windows overlapping by ``band`` at a
+            random offset (:func:`round_grid`), taken in random order, up to ``patch_batch``
+            disjoint windows per call; same guidance, mask, revert and band. About half the
+            windows of ``"faithful"`` per step.
         patch_batch: patches per call in ``"fast"`` mode (ignored, i.e. 1, in ``"faithful"``).
         device: where patches are processed and denoised (default: ``z_up.device``).
         signal_scales: ``α_k`` for each sigma, the scale of the clean latent in the noisy one,
@@ -228,8 +228,8 @@ def sample_pixelsmith(
             boxes = select_patches(run.tau.cpu(), k, patch_hw, 1, generator)  # no copy on CPU
         else:
             if not queue:
-                queue = round_grid((H, W), patch_hw, shifted=k % 2 == 1, generator=generator)
-            boxes = take_disjoint(queue, patch_batch)
+                queue = round_grid((H, W), patch_hw, band, generator)
+            boxes = take_disjoint(queue, patch_batch, lambda b, k=k: bool((run.tau[b.slices] == k).any()))
         x0, advanced = run.step(k, boxes)
         left_in_round -= advanced
         patches += len(boxes)

@@ -9,12 +9,12 @@ The sampler that chains them is ``kernels/pixelsmith.py``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .tiling import PatchBox, starts
+from .tiling import PatchBox, random_cover_starts
 
 # Candidates drawn per rejection-sampling attempt when picking a patch centre (`select_patches`).
 _REJECTION_DRAWS = 256
@@ -244,38 +244,49 @@ def select_patches(
 def round_grid(
     latent_hw: tuple[int, int],
     patch_hw: tuple[int, int],
-    shifted: bool,
+    overlap: int,
     generator: torch.Generator,
 ) -> list[PatchBox]:
-    """All windows of one ``fast`` round, in random order: a grid covering every pixel.
+    """All windows of one ``fast`` round, in random order: an overlapping grid laid out anew.
 
-    Deviation from the official random centres (``pixelsmith_pipeline.py:1747-1948``), for ``fast`` mode only: a round
-    is covered by a grid of windows, ceil(H/P)·ceil(W/P) of them when ``shifted`` is False (the
-    fewest possible) and one more row and column when it is True, the grid then being offset by a
-    random amount in [1, P) on each axis so the seams of those rounds fall somewhere new. The
-    sampler alternates the two, so seams of the aligned rounds are always crossed by the windows
-    of the next round. Random centres need ≈2.5 windows per grid cell (the official sampler's
-    cost); this needs ≈1.3, with the same guidance, mask and band rules.
+    Deviation from the official random centres (``pixelsmith_pipeline.py:1747-1948``), for ``fast``
+    mode only. Neighbouring windows share at least ``overlap`` px (the averaging band): whichever
+    of two neighbours comes second sees the shared pixels already advanced, reverts them to the
+    round's snapshot as context and blends them 50/50 on write-back, exactly as overlapping
+    random windows are handled, so no window border is a hard cut. Each round draws a new layout
+    (:func:`random_cover_starts` per axis), so no border falls on the same line two rounds running,
+    with the fewest windows that keep the overlap: ≈ ``(L / (P - overlap))²`` for a latent side L,
+    where random centres need ≈ 2.5 ``(L / P)²`` (the official sampler's cost). The order is
+    random, except that windows on the latent's sides come after the inner ones.
     """
     (H, W), (ph, pw) = latent_hw, patch_hw
-    dev = generator.device
+    tops = random_cover_starts(H, ph, min(overlap, ph - 1), generator)
+    lefts = random_cover_starts(W, pw, min(overlap, pw - 1), generator)
+    boxes = [PatchBox(top, left, ph, pw) for top in tops for left in lefts]
+    order = torch.randperm(len(boxes), generator=generator, device=generator.device).tolist()
 
-    def offset(p: int) -> int:
-        return int(torch.randint(1, p, (1,), generator=generator, device=dev)) if shifted and p > 1 else 0
+    def edges(box: PatchBox) -> int:  # 0 inside, 1 on a side of the latent, 2 in a corner
+        return int(box.top in (0, H - ph) and H > ph) + int(box.left in (0, W - pw) and W > pw)
 
-    oy, ox = offset(ph), offset(pw)
-    boxes = [PatchBox(top, left, ph, pw) for top in starts(H, ph, ph, oy) for left in starts(W, pw, pw, ox)]
-    order = torch.randperm(len(boxes), generator=generator, device=dev).tolist()
-    return [boxes[i] for i in order]
+    # Windows at the latent's sides always end at P (or start at L - P): taken after their inner
+    # neighbours, their new pixels stop where the neighbour's (random) border lies, not there.
+    return sorted((boxes[i] for i in order), key=edges)
 
 
-def take_disjoint(queue: list[PatchBox], max_patches: int) -> list[PatchBox]:
-    """Remove and return up to ``max_patches`` mutually disjoint windows from ``queue``, in order."""
+def take_disjoint(queue: list[PatchBox], max_patches: int,
+                  needed: Callable[[PatchBox], bool] | None = None) -> list[PatchBox]:
+    """Remove and return up to ``max_patches`` mutually disjoint windows from ``queue``, in order.
+
+    Windows for which ``needed(box)`` is False (every pixel already advanced this round by the
+    windows around it) are dropped from the queue instead of taken.
+    """
     taken: list[PatchBox] = []
     for box in list(queue):
         if len(taken) == max_patches:
             break
-        if all(abs(box.top - t.top) >= box.height or abs(box.left - t.left) >= box.width for t in taken):
+        if needed is not None and not needed(box):
+            queue.remove(box)
+        elif all(abs(box.top - t.top) >= box.height or abs(box.left - t.left) >= box.width for t in taken):
             taken.append(box)
             queue.remove(box)
     return taken

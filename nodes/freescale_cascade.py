@@ -163,11 +163,33 @@ def has_freeu(model: ModelPatcher) -> bool:
     return any(getattr(p, "__module__", None) == freelunch.__name__ for p in patches.get("output_block_patch", []))
 
 
+def freeu_widths(model: ModelPatcher) -> tuple[list[int], list[int]]:
+    """``(scaled, missing)``: the feature widths ComfyUI's FreeU scales (4× and 2× the UNet's base
+    width: 1280 and 640 on SDXL) and those of them no output block of ``model`` has.
+
+    FreeU acts only on output blocks of exactly those widths and silently does nothing on others.
+    """
+    unet = model.model.model_config.unet_config
+    base = unet["model_channels"]
+    widths = {base * m for m in unet.get("channel_mult", ())}
+    scaled = [base * 4, base * 2]
+    return scaled, [w for w in scaled if w not in widths]
+
+
 def apply_freeu(model: ModelPatcher) -> ModelPatcher:
-    """ComfyUI's own FreeU (v1) node patch with FreeScale's values; skipped if already present."""
+    """ComfyUI's own FreeU (v1) node patch with FreeScale's values; skipped if already present.
+
+    Warns when the UNet's widths leave FreeU (partly) idle, instead of letting it do nothing unseen.
+    """
     if has_freeu(model):
         log.info("FreeScale Upscale: the model already carries FreeU; not adding it twice.")
         return model
+    scaled, missing = freeu_widths(model)
+    if missing:
+        log.warning("FreeScale Upscale: ComfyUI's FreeU scales output blocks of %s channels, but this UNet has "
+                    "none of %s channels, so FreeU does %s here (set freeu off to silence this).",
+                    " and ".join(map(str, scaled)), " or ".join(map(str, missing)),
+                    "nothing" if len(missing) == len(scaled) else "only part of its work")
     node = freelunch.FreeU
     if hasattr(node, "patch"):  # V1 node (ComfyUI 0.3.x)
         return node().patch(model, **FREEU_PAPER)[0]

@@ -37,6 +37,8 @@ from harness.graphs import DEMO_NATIVE as NATIVE
 from harness.graphs import demo_base_graph, demo_method_graph
 from harness.pack import register_pack
 
+PATCH_PX = NATIVE  # the Pixelsmith patch (16 latent px) in image px: the grid the seam score looks at
+
 
 def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
     """Two panels: % images with exactly one object, and texture distance, per method and scale."""
@@ -107,7 +109,9 @@ def main(argv=None) -> int:
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
     args.out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(12345)
-    reference = metrics.texture_features(render(random_classes(256, g), g))
+    training = render(random_classes(256, g), g)
+    reference = metrics.texture_features(training)
+    training_fine = metrics.fine_energy(training)
     graph = demo_base_graph(args.samples, args.seed, args.steps, args.cfg, args.object)
     start = time.perf_counter()
     base_result = host.run(graph)
@@ -118,9 +122,9 @@ def main(argv=None) -> int:
           f"exactly one {100 * np.mean(np.array(counts) == 1):.0f} %", flush=True)
 
     rows = []
-    print("\n| scale | method | objects (mean) | exactly one % | SSIM to base | texture distance | wall s "
-          "| peak RSS rise GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| scale | method | objects (mean) | exactly one % | SSIM to base | mask IoU | texture distance "
+          "| fine detail ÷ training | seam (patch grid) | worst line | wall s | peak RSS rise GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scale in args.scales:
         grid = {"base": base[0]}
         for method in args.methods:
@@ -134,12 +138,17 @@ def main(argv=None) -> int:
             row = {"scale": scale, "method": method, "objects": float(found.mean()),
                    "one_pct": float(100 * (found == 1).mean()),
                    "ssim": float(metrics.structure_ssim(images, base).mean()),
+                   "iou": float(metrics.mask_iou(images, base).mean()),
                    "texture": metrics.texture_distance(images, reference),
+                   "fine": metrics.fine_energy(images) / training_fine,
+                   "seam": float(metrics.seam_score(images, PATCH_PX).mean()),
+                   "worst_line": float(metrics.worst_line(images).mean()),
                    "wall": wall, "rss": (meter.peak_rss - meter.base_rss) / 2**30}
             rows.append(row)
             grid[method] = images[0]
             print(f"| {scale}× ({NATIVE * scale}²) | {method} | {row['objects']:.2f} | {row['one_pct']:.0f} | "
-                  f"{row['ssim']:.3f} | {row['texture']:.1f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
+                  f"{row['ssim']:.3f} | {row['iou']:.3f} | {row['texture']:.1f} | {row['fine']:.2f} | "
+                  f"{row['seam']:.3f} | {row['worst_line']:.2f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
         picture_grid(grid, args.out / f"grid_{scale}x.jpg")
     bar_chart(rows, args.scales, args.out / "quality.png")
     print(f"\nwrote {args.out / 'quality.png'} and the picture grids")

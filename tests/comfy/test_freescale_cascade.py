@@ -210,6 +210,23 @@ def test_invalid_resolutions_named(host):
         host.run(g)
 
 
+def test_freeu_that_would_do_nothing_is_reported(host, records, caplog):
+    """ComfyUI's FreeU scales only output blocks 4× and 2× the base width wide; a UNet without
+    them (the tiny one: widths 1×, 2×) gets a warning instead of a silent no-op; SDXL does not."""
+    import logging
+    import types
+
+    module = host.module_of("UltraRes_FreeScaleUpscale")
+    sdxl = types.SimpleNamespace(model=types.SimpleNamespace(model_config=types.SimpleNamespace(
+        unet_config={"model_channels": 320, "channel_mult": [1, 2, 4]})))
+    assert module.freeu_widths(sdxl) == ([1280, 640], [])
+    g, _, _ = upscale_graph(seed=3, probe_tag="freeu")
+    with caplog.at_level(logging.WARNING):
+        host.run(g)
+    warned = [r.getMessage() for r in caplog.records if "FreeU" in r.getMessage()]
+    assert warned and "only part of its work" in warned[0], warned
+
+
 def test_sd15_class_model(host, records):
     """Last in the file, so the tiny models are built once each: the same checks on SD1.5-class."""
     check_restart_schedule(host, records, "sd15")
