@@ -199,8 +199,8 @@ def sample_pixelsmith(
             width so small latents work (a P ≥ H, W run is then a plain full-latent sampler).
         band: half-width of the averaging band in latent px (official 10).
         mode: ``"faithful"``: one patch per ``model`` call, official random order.
-            ``"fast"``: each round is covered by a grid of windows overlapping by ``band`` at a
-            random offset (:func:`round_grid`), taken in random order, up to ``patch_batch``
+            ``"fast"``: each round is covered by a grid of abutting windows at an offset drawn
+            anew every round (:func:`round_grid`), taken in random order, up to ``patch_batch``
             disjoint windows per call; same guidance, mask, revert and band. About half the
             windows of ``"faithful"`` per step.
         patch_batch: patches per call in ``"fast"`` mode (ignored, i.e. 1, in ``"faithful"``).
@@ -228,7 +228,7 @@ def sample_pixelsmith(
             boxes = select_patches(run.tau.cpu(), k, patch_hw, 1, generator)  # no copy on CPU
         else:
             if not queue:
-                queue = round_grid((H, W), patch_hw, band, generator)
+                queue = round_grid((H, W), patch_hw, generator)
             boxes = take_disjoint(queue, patch_batch, lambda b, k=k: bool((run.tau[b.slices] == k).any()))
         x0, advanced = run.step(k, boxes)
         left_in_round -= advanced

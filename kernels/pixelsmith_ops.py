@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .tiling import PatchBox, random_cover_starts
+from .tiling import PatchBox, starts
 
 # Candidates drawn per rejection-sampling attempt when picking a patch centre (`select_patches`).
 _REJECTION_DRAWS = 256
@@ -244,33 +244,31 @@ def select_patches(
 def round_grid(
     latent_hw: tuple[int, int],
     patch_hw: tuple[int, int],
-    overlap: int,
     generator: torch.Generator,
 ) -> list[PatchBox]:
-    """All windows of one ``fast`` round, in random order: an overlapping grid laid out anew.
+    """All windows of one ``fast`` round, in random order: a grid of abutting windows at an offset
+    drawn anew every round.
 
     Deviation from the official random centres (``pixelsmith_pipeline.py:1747-1948``), for ``fast``
-    mode only. Neighbouring windows share at least ``overlap`` px (the averaging band): whichever
-    of two neighbours comes second sees the shared pixels already advanced, reverts them to the
-    round's snapshot as context and blends them 50/50 on write-back, exactly as overlapping
-    random windows are handled, so no window border is a hard cut. Each round draws a new layout
-    (:func:`random_cover_starts` per axis), so no border falls on the same line two rounds running,
-    with the fewest windows that keep the overlap: ≈ ``(L / (P - overlap))²`` for a latent side L,
-    where random centres need ≈ 2.5 ``(L / P)²`` (the official sampler's cost). The order is
-    random, except that windows on the latent's sides come after the inner ones.
+    mode only. Each round's grid is shifted by a random ``(oy, ox)`` in ``[0, P)²``, so the window
+    borders of one step fall somewhere new the next and no border piles up on a fixed line (the
+    alternating aligned grid of earlier builds put every other step's borders on the multiples of
+    P). Windows clamped at the latent's sides overlap their neighbour and are handled as any
+    overlap (revert, band); they come after the inner windows, so their new pixels end at the
+    neighbour's random border, not at P. About ``((L + P) / P)²`` windows per round for a latent
+    side L; random centres need ≈ 2.5 ``(L / P)²`` (the official sampler's cost). Overlapping all
+    of the grid's windows by the band was tried: on the demo model it grew extra objects.
     """
     (H, W), (ph, pw) = latent_hw, patch_hw
-    tops = random_cover_starts(H, ph, min(overlap, ph - 1), generator)
-    lefts = random_cover_starts(W, pw, min(overlap, pw - 1), generator)
-    boxes = [PatchBox(top, left, ph, pw) for top in tops for left in lefts]
-    order = torch.randperm(len(boxes), generator=generator, device=generator.device).tolist()
+    dev = generator.device
+    oy, ox = (int(torch.randint(0, p, (1,), generator=generator, device=dev)) for p in (ph, pw))
+    boxes = [PatchBox(top, left, ph, pw) for top in starts(H, ph, ph, oy) for left in starts(W, pw, pw, ox)]
+    order = torch.randperm(len(boxes), generator=generator, device=dev).tolist()
 
-    def edges(box: PatchBox) -> int:  # 0 inside, 1 on a side of the latent, 2 in a corner
+    def sides(box: PatchBox) -> int:  # 0 inside, 1 on a side of the latent, 2 in a corner
         return int(box.top in (0, H - ph) and H > ph) + int(box.left in (0, W - pw) and W > pw)
 
-    # Windows at the latent's sides always end at P (or start at L - P): taken after their inner
-    # neighbours, their new pixels stop where the neighbour's (random) border lies, not there.
-    return sorted((boxes[i] for i in order), key=edges)
+    return sorted((boxes[i] for i in order), key=sides)
 
 
 def take_disjoint(queue: list[PatchBox], max_patches: int,

@@ -1,7 +1,6 @@
 """Tile and window geometry shared by every method (pure Python/torch).
 
-One place for "where do the tiles go": Pixelsmith's patch windows and ``fast``-mode rounds
-(:func:`random_cover_starts`),
+One place for "where do the tiles go": Pixelsmith's patch windows and ``fast``-mode grids,
 FreeScale's local-attention windows and the tiled VAE decode of Save Large Image all place their
 windows with :func:`starts`, and blend overlapping tiles with :func:`tile_weights`.
 """
@@ -36,47 +35,13 @@ def starts(length: int, size: int, stride: int, offset: int = 0) -> list[int]:
     * overlapping tiles with at least ``overlap`` shared px: ``stride = size - overlap``;
     * 50 %-overlap windows (FreeScale, ali-vilab/FreeScale@d5a2256 ``scale_attention.py:24-81``):
       ``stride = size // 2``;
-    * a grid shifted by ``offset``: ``stride = size``.
+    * a grid shifted by ``offset`` (Pixelsmith ``fast`` rounds): ``stride = size``.
     """
     if size < 1 or stride < 1 or offset < 0:
         raise ValueError(f"starts: need size >= 1, stride >= 1 and offset >= 0, got {size}, {stride}, {offset}")
     if length <= size:
         return [0]
     return sorted({0, *range(offset, length - size, stride), length - size})
-
-
-RANDOM_COVER_DRAWS = 16
-
-
-def random_cover_starts(length: int, size: int, overlap: int, generator: torch.Generator) -> list[int]:
-    """Starts of few windows of ``size`` covering ``[0, length)`` with neighbours sharing at least
-    ``overlap`` px, the spare overlap spread at random over the gaps (a new layout per draw).
-
-    ``n = ceil((length - overlap) / (size - overlap))`` windows, one more when that fits so tightly
-    that the borders could move by less than half a stride; the first starts at 0, the last ends
-    at ``length``. Used for Pixelsmith ``fast`` rounds, whose window borders must fall
-    somewhere new every round without costing more windows than a fixed overlapping grid.
-    """
-    if not 0 <= overlap < size:
-        raise ValueError(f"random_cover_starts: need 0 <= overlap < size, got {overlap}, {size}")
-    if length <= size:
-        return [0]
-    stride = size - overlap
-    n = -(-(length - overlap) // stride)
-    spare = n * stride + overlap - length  # overlap beyond the minimum, shared by the n - 1 gaps
-    if 2 * spare < stride:  # too tight a fit leaves the borders little room to move: one more window
-        n, spare = n + 1, spare + stride
-    for _ in range(RANDOM_COVER_DRAWS):  # every gap keeps at least 1 px (a window never repeats)
-        cuts = torch.randint(0, spare + 1, (n - 2,), generator=generator, device=generator.device).sort().values
-        extra = torch.diff(torch.cat([cuts.new_zeros(1), cuts, cuts.new_full((1,), spare)])).tolist()
-        if max(extra) < stride:
-            break
-    else:  # rare: spread the spare overlap evenly
-        extra = [spare // (n - 1) + (j < spare % (n - 1)) for j in range(n - 1)]
-    out = [0]
-    for e in extra:
-        out.append(out[-1] + stride - int(e))
-    return out
 
 
 def axis_weights(start: int, size: int, length: int, ramp: int) -> torch.Tensor:

@@ -291,9 +291,9 @@ def sampler_inputs(default_slider: int = 20) -> list:
                              "(the patch is clamped to the latent on small images)."),
         io.Combo.Input("mode", options=list(MODES), default="faithful",
                        tooltip="faithful: one random patch per model call, the official order. fast: "
-                               "each step covered by a grid of windows overlapping by the band, laid out "
-                               "anew every step, several disjoint windows per call (same guidance, mask and "
-                               "band); about 1.6x fewer windows and batched calls; results differ in detail."),
+                               "each step covered by a grid of windows shifted at random every step, several "
+                               "disjoint windows per call (same guidance, mask and band), about 2x faster on "
+                               "big latents; results differ in detail."),
         io.Int.Input("patch_batch", default=0, min=0, max=256,
                      tooltip="Patches per model call in fast mode. 0 = auto (sized from the free memory of "
                              "the model's device). Ignored in faithful mode."),
