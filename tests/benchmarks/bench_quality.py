@@ -13,10 +13,13 @@ the same batch of base images (``--samples`` images, one batch from ``--seed``):
 * ``freescale-normal`` / ``freescale-fast``: FreeScale Upscale through every ×2 size.
 
 Metrics (``demo/metrics.py``): objects found (mean; target 1) and % with exactly one; SSIM of the
-downscaled result to the base; the Fréchet distance of 1:1 32² crop texture features to the
-training images' (lower = detail more like the training data); wall time; peak RSS rise. It prints
-a Markdown table and writes ``quality.png`` (the bars) and ``grid_<scale>x.jpg`` (first sample of
-each method, same seed) to ``--out``.
+downscaled result to the base and the IoU of its object mask with the base's; the Fréchet distance
+of 1:1 32² crop texture features to the training images' (lower = detail more like the training
+data); the power of the top spectral band (periods under 4 px) ÷ the training images' (native-scale
+detail kept); the seam score on the 128 px Pixelsmith patch grid (jump across the grid lines ÷ the
+jump across the latent-cell borders beside them; 1 = no seam) and the worst line anywhere; wall
+time; peak RSS rise. It prints a Markdown table and writes ``quality.png`` (the bars) and
+``grid_<scale>x.jpg`` (first sample of each method, same seed) to ``--out``.
 """
 from __future__ import annotations
 
