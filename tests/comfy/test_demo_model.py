@@ -85,6 +85,25 @@ def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, met
     assert np.median(counts) < np.median(direct) / 2, (counts, direct)
 
 
+def test_quality_metrics_see_seams_detail_and_structure(host):
+    """The benchmark's metrics on images with a known answer: a seam on the 128 px grid, fine
+    detail, a moved object."""
+    m, data = metrics(host)
+    g = torch.Generator().manual_seed(3)
+    images = data.render(data.random_classes(4, g), g, size=512)
+    seamed = images.clone()
+    seamed[..., :, 256:] = (seamed[..., :, 256:] * 0.9).clamp(0, 1)  # a step at x = 256
+    assert float(m.seam_score(images, 128).mean()) < 1.3
+    assert float(m.seam_score(seamed, 128).mean()) > 1.5
+    assert float(m.worst_line(seamed).mean()) > float(m.worst_line(images).mean())
+    native = data.render(data.random_classes(4, g), g)  # 128 px: the 4 px grain is native-scale detail
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(native, (2, 1, 2, 1), mode="reflect"), 4, 1)
+    assert m.fine_energy(blurred) < 0.4 * m.fine_energy(native)  # ≈ 0.27: object edges keep some
+    small = torch.nn.functional.interpolate(images, size=(128, 128), mode="area")
+    assert float(m.mask_iou(images, small).min()) > 0.9
+    assert float(m.mask_iou(images.roll(200, dims=-1), small).max()) < 0.5
+
+
 def test_shipped_demo_workflow_renders_every_image(host):
     path = PACK_ROOT / "workflows" / "ultrares_demo_cpu_512.json"
     prompt = load_prompt(path, host)
