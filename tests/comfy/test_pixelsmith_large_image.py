@@ -74,3 +74,33 @@ def test_refuses_when_disk_is_too_small(host, monkeypatch):
         host.run(graph)
     import folder_paths
     assert not list(Path(folder_paths.get_output_directory()).glob("large_refused*"))
+
+
+def test_no_seam_on_the_vae_tile_grid_with_the_demo_model(host):
+    """A real image (the demo model at 384², its trained VAE) decoded in 16-latent tiles with 4 of
+    overlap: the benchmark's seam score on the tile grid stays at the plain decode's level."""
+    import importlib
+
+    import torch
+
+    pack = host.module_of("UltraRes_DemoModel").__name__.rsplit(".nodes.", 1)[0]
+    metrics = importlib.import_module(f"{pack}.demo.metrics")
+    graph = {
+        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
+        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": "green triangle"}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 384, "height": 384, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1], "latent_image": ["empty", 0],
+            "seed": 4, "steps": 8, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "large": {"class_type": "UltraRes_SaveLargeImage", "inputs": {
+            "samples": ["sample", 0], "vae": ["model", 1], "filename_prefix": "large_demo_seams", "format": "png",
+            "tiff_compression": "deflate", "tile_size": 16, "overlap": 4}},
+        "plain": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["model", 1]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["plain", 0], "filename_prefix": "large_demo_ref"}},
+    }
+    result = host.run(graph)
+    tiled = torch.from_numpy(np.asarray(Image.open(written(result, "large"))).copy()).permute(2, 0, 1)[None] / 255
+    plain = torch.from_numpy(host.saved_images(result, "save").copy()).permute(0, 3, 1, 2) / 255
+    stride_px = (16 - 4) * 8  # tiles start every 12 latent px
+    seam_tiled, seam_plain = (float(metrics.seam_score(x.float(), stride_px).mean()) for x in (tiled, plain))
+    assert seam_tiled < 1.1 and seam_tiled < seam_plain + 0.1, (seam_tiled, seam_plain)
