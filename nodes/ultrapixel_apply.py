@@ -50,8 +50,6 @@ class UltraPixelApply(io.ComfyNode):
                 cfg_rescale: float) -> io.NodeOutput:
         check_numbers(cls, locals())
         check_compatible(model, ultrapixel_model, guidance)
-        if not 0.0 <= cfg_rescale <= 1.0:
-            raise ValueError(f"cfg_rescale: {cfg_rescale} is outside 0..1.")
         clone, _ = inject_clone(model, ultrapixel_model, guidance, float(cfg_rescale))
         return io.NodeOutput(clone)
 

@@ -79,8 +79,7 @@ class Budget:
         self.rates: dict[str, float] = {}  # seconds per unit of work, per cell kind
         import comfy.model_management
 
-        self._mm = comfy.model_management
-        self._timer = threading.Timer(seconds, lambda: self._mm.interrupt_current_processing(True))
+        self._timer = threading.Timer(seconds, comfy.model_management.interrupt_current_processing, args=(True,))
         self._timer.daemon = True
         self._timer.start()
 
@@ -161,6 +160,12 @@ def sdxl_vae(cuda: bool, fixtures):
 # --------------------------------------------------------------------------------------------- #
 
 
+def bench_figures(r: dict, steps: int) -> dict:
+    """A cell's figures from a ``bench_pixelsmith`` / ``bench_freescale`` ``run_one`` result."""
+    return {"wall_s": r["wall"], "calls": r["calls"], "model_fraction": r["inside"],
+            "peak_device_gib": r["peak_dev"], "peak_rss_gib": r["peak_rss"], "s_per_step": r["wall"] / steps}
+
+
 def pixelsmith_cells(sampler_mod, model, pos, neg, cuda: bool, scale: int, steps: int) -> list[Cell]:
     patch, band = (128, 10) if cuda else (16, 2)
     cells = []
@@ -171,9 +176,7 @@ def pixelsmith_cells(sampler_mod, model, pos, neg, cuda: bool, scale: int, steps
             def run(side=side, mode=mode):
                 r = bench_pixelsmith.run_one(sampler_mod, model, pos, neg, side, mode, steps, max(1, steps // 2),
                                              cuda, patch_size=patch, band=band)
-                return {"wall_s": r["wall"], "calls": r["calls"], "model_fraction": r["inside"],
-                        "peak_device_gib": r["peak_dev"], "peak_rss_gib": r["peak_rss"],
-                        "s_per_step": r["wall"] / steps}
+                return bench_figures(r, steps)
 
             cells.append(Cell(f"Pixelsmith {mode}", f"pixelsmith-{mode}", size, (size / 1024) ** 2 * steps, run,
                               side))
@@ -186,9 +189,7 @@ def freescale_cells(cascade, model, pos, neg, cuda: bool, scale: int, steps: int
     for size, mode in plan:
         def run(side=size // scale, mode=mode):
             r = bench_freescale.run_one(cascade, model, pos, neg, side, mode, steps, cuda)
-            return {"wall_s": r["wall"], "calls": r["calls"], "model_fraction": r["inside"],
-                    "peak_device_gib": r["peak_dev"], "peak_rss_gib": r["peak_rss"],
-                    "s_per_step": r["wall"] / max(1, r["calls"])}
+            return bench_figures(r, max(1, r["calls"]))
 
         # Global attention grows with the square of the token count: weight the work by area².
         work = (size / 1024) ** 2 * (1 if mode == "fast" else (size / 4096) ** 2) * steps
