@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.comfy_host import PACK_ROOT, image_tensor
+from harness.comfy_host import image_tensor
 from harness.graphs import demo_base_graph, demo_method_graph
+from harness.pack import DEMO_WORKFLOW
 from harness.workflow_format import load_prompt
 
 SAMPLES = 8
@@ -105,8 +106,7 @@ def test_quality_metrics_see_seams_detail_and_structure(host):
 
 
 def test_shipped_demo_workflow_renders_every_image(host):
-    path = PACK_ROOT / "workflows" / "ultrares_demo_cpu_512.json"
-    prompt = load_prompt(path, host)
+    prompt = load_prompt(DEMO_WORKFLOW, host)
     result = host.run(prompt)
     sizes = {}
     for node_id, node in prompt.items():

@@ -12,9 +12,9 @@ import pytest
 from harness.comfy_host import PACK_ROOT, WorkflowError, comfy_dir_option
 from harness.demo_loaders import swap_demo_loaders
 from harness.graphs import txt2img
+from harness.pack import WORKFLOW_DIR, WORKFLOWS
 from harness.workflow_format import WorkflowFormatError, load_prompt, ui_to_api
 
-WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 RUNNER = PACK_ROOT / "scripts" / "run_workflow.py"
 
 
@@ -52,7 +52,7 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert WORKFLOWS, "workflows/ holds at least one workflow"
+    assert WORKFLOWS, "example_workflows/ holds at least one workflow"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -65,7 +65,7 @@ def test_shipped_workflow_converts_and_runs_on_demo_models(host, path):
 
 
 def test_ui_conversion_maps_widgets_links_and_seed_control(host):
-    path = PACK_ROOT / "workflows" / "freescale_scale_fusion_sdxl_2048.json"
+    path = WORKFLOW_DIR / "FreeScale Scale Fusion - SDXL at 2048 px with any sampler.json"
     prompt = load_prompt(path, host)
     ks = next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]
     # widgets_values = [seed, "fixed", steps, cfg, sampler, scheduler, denoise]: the control
@@ -76,7 +76,7 @@ def test_ui_conversion_maps_widgets_links_and_seed_control(host):
 
 
 def test_missing_node_type_is_named(host):
-    ui = json.loads((PACK_ROOT / "workflows" / "freescale_scale_fusion_sdxl_2048.json").read_text())
+    ui = json.loads((WORKFLOW_DIR / "FreeScale Scale Fusion - SDXL at 2048 px with any sampler.json").read_text())
     ui["nodes"][0]["type"] = "SomePackThatIsNotInstalled"
     with pytest.raises(WorkflowFormatError, match="SomePackThatIsNotInstalled"):
         ui_to_api(ui, host.node_classes)

@@ -5,10 +5,8 @@ import json
 
 import pytest
 
-from harness.comfy_host import PACK_ROOT
+from harness.pack import WORKFLOWS
 from harness.workflow_format import VIRTUAL_NODES, is_ui_workflow, widget_layout
-
-WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 
 # The file names the public model releases use (what users have after following the README).
 PUBLIC_MODEL_FILES = {
@@ -47,3 +45,22 @@ def test_workflow_hygiene(host, path):
             if name in PUBLIC_MODEL_FILES:
                 assert value in PUBLIC_MODEL_FILES[name], f"{node['type']}.{name}={value!r} is not a public file name"
             cursor += 1 + (extra is not None)
+
+
+LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader", "UltraRes_UltraPixelLoader"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_loader_says_where_to_download_its_file(host, path):
+    """The frontend offers a download for a missing file from the loader's ``properties.models``."""
+    import folder_paths
+
+    for node in real_nodes(json.loads(path.read_text())):
+        if node["type"] not in LOADERS:
+            continue
+        models = node.get("properties", {}).get("models")
+        assert models, f"{node['type']} (node {node['id']}) has no properties.models"
+        (entry,) = models
+        assert entry["name"] == node["widgets_values"][0], "the entry names the file the loader loads"
+        assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith("/" + entry["name"]), entry
+        assert entry["directory"] in folder_paths.folder_names_and_paths, f"unknown model folder {entry['directory']!r}"
