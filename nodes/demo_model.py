@@ -87,17 +87,22 @@ class DemoModel(io.ComfyNode):
             display_name="UltraRes Demo Model",
             category="UltraRes/Demo",
             description=(
-                "Loads the small demo model shipped inside UltraRes (no download, no model folder): a "
-                "2.8 M-parameter SDXL-class UNet and an 8× VAE built from ComfyUI's own classes, trained "
-                "on 128×128 px pictures of one striped object (red disc, blue square, green triangle, "
-                "yellow diamond). Use it with UltraRes Demo Prompt to try the pack's methods on a CPU: "
-                "sampled directly at 4× its size it repeats the object, as SDXL does above 1024 px; "
-                "Pixelsmith and FreeScale fix that. Set Empty Latent Image to 128×128 for the base image. "
-                "Cost: loads in well under a second; a 512² image takes seconds on a CPU."),
+                "Loads a tiny built-in model so you can try Pixelsmith and FreeScale on a CPU in seconds, "
+                "with no download and no model folder; start with Empty Latent Image at 128×128 for the base "
+                "image. It is a 2.8 M-parameter SDXL-class UNet and an 8× VAE built from ComfyUI's own "
+                "classes, trained on 128×128 px pictures of one striped object (red disc, blue square, green "
+                "triangle, yellow diamond). Use it with UltraRes Demo Prompt: sampled directly at 4× its size "
+                "it repeats the object, as SDXL does above 1024 px; Pixelsmith and FreeScale fix that. "
+                "Models: this demo model only (it ships inside the pack). Cost: loads in well under a second; "
+                "a 512² image takes seconds on a CPU."),
             inputs=[],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="The demo SDXL-class UNet (ε-prediction, SDXL noise schedule; native size 128 px)."),
-                io.Vae.Output(display_name="VAE", tooltip="The demo VAE (8× down, 4 channels, SDXL latent scale)."),
+                io.Model.Output(display_name="MODEL",
+                                tooltip="The demo model: connect it to a sampler or an UltraRes node; it draws best at "
+                                        "128 px. An SDXL-class UNet (ε-prediction, SDXL noise schedule; native size 128 px)."),
+                io.Vae.Output(display_name="VAE",
+                              tooltip="The demo VAE: connect it wherever a VAE is asked for with the demo model. "
+                                      "8× down, 4 channels, SDXL latent scale."),
             ],
         )
 
@@ -114,17 +119,18 @@ class DemoPrompt(io.ComfyNode):
             display_name="UltraRes Demo Prompt",
             category="UltraRes/Demo",
             description=(
-                "The demo model's 'text encoder': picks the object class to draw and returns its learned "
-                "prompt embedding as positive conditioning and the empty prompt as negative, with SDXL "
-                "size conditioning of 128×128 (the training size, as for SDXL at 1024² when upscaling). "
-                "Use only with UltraRes Demo Model. Cost: none."),
+                "Chooses which object the demo model draws; start with red disc. It is the demo model's "
+                "'text encoder': returns the learned prompt embedding of the chosen class as positive "
+                "conditioning and the empty prompt as negative, with SDXL size conditioning of 128×128 (the "
+                "training size, as for SDXL at 1024² when upscaling). Use only with UltraRes Demo Model. "
+                "Cost: none."),
             inputs=[
                 io.Combo.Input("object", options=list(spec.CLASSES), default=spec.CLASSES[0],
-                               tooltip="The object class the demo model draws (its whole vocabulary)."),
+                               tooltip="Which object appears in the picture; try red disc. These four classes are the demo model's whole vocabulary."),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive", tooltip="Conditioning for the chosen object."),
-                io.Conditioning.Output(display_name="negative", tooltip="The empty prompt, for classifier-free guidance."),
+                io.Conditioning.Output(display_name="positive", tooltip="Connect to positive: makes the sampler draw the chosen object (its learned prompt embedding)."),
+                io.Conditioning.Output(display_name="negative", tooltip="Connect to negative: the empty prompt, for classifier-free guidance."),
             ],
         )
 

@@ -28,6 +28,7 @@ from comfy_api.latest import io
 from ..kernels import freescale
 from . import _stage as stage
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model
+from ._schema import advanced
 from .freescale_dilation import apply_restrained_dilation
 from .freescale_fusion import apply_scale_fusion
 
@@ -87,12 +88,15 @@ def self_cascade_sampler(config: SelfCascadeConfig) -> comfy.samplers.KSAMPLER:
     return comfy.samplers.KSAMPLER(self_cascade_function, extra_options={"config": config})
 
 
-COSINE_SCALE_TIP = ("Detail strength, paper cosine_scale (exponent of c(t) in c1 = c(t)^cosine_scale): larger = "
-                    "weaker pull toward the upsampled image = more new detail. Paper 2.0; 1–3 (≤ 1 for 8K).")
-COSINE_SCALE_BG_TIP = ("Exponent outside the mask (paper cosine_scale_bg, default 1.0; its region script uses 0.5 "
-                       "with cosine_scale 3). Only used with a mask.")
-MASK_TIP = ("Optional region mask (paper: region-aware detail control): non-zero pixels use cosine_scale, zero "
-            "pixels cosine_scale_bg. Made binary (≠ 0) and resized nearest to the latent.")
+COSINE_SCALE_TIP = ("Higher = more new detail, lower = closer to the upsampled image; try 2 (1 or less at 8K). "
+                    "Paper cosine_scale, the exponent of c(t) in the skip-residual weight c1 = c(t)^cosine_scale: "
+                    "larger = weaker pull toward the upsampled image. Paper 2.0; useful 1–3 (≤ 1 for 8K).")
+COSINE_SCALE_BG_TIP = ("Detail strength outside the mask, as cosine_scale is inside it: higher = more new detail "
+                       "there; try 1. Paper cosine_scale_bg (default 1.0; its region script uses 0.5 with "
+                       "cosine_scale 3). Only used with a mask.")
+MASK_TIP = ("Optional: paint where you want a different amount of new detail; white areas use cosine_scale, "
+            "black areas cosine_scale_bg. Paper: region-aware detail control. Made binary (≠ 0) and resized "
+            "nearest to the latent.")
 
 
 class FreeScaleSelfCascadeSampler(io.ComfyNode):
@@ -103,8 +107,10 @@ class FreeScaleSelfCascadeSampler(io.ComfyNode):
             display_name="FreeScale Self-Cascade Sampler",
             category="UltraRes/FreeScale",
             description=(
-                "FreeScale tailored self-cascade (Qiu et al., 2024) as a SAMPLER for SamplerCustomAdvanced: "
-                "feed the previous stage upsampled (VAE decode → upscale → VAE encode) as latent_image and "
+                "Adds new fine detail to an upsampled image while keeping its layout; start with "
+                "cosine_scale 2 and restart_percent 0.3 on a 50-step ddim_uniform schedule. FreeScale "
+                "tailored self-cascade (Qiu et al., 2024) as a SAMPLER for SamplerCustomAdvanced: feed the "
+                "previous stage upsampled (VAE decode → upscale → VAE encode) as latent_image and "
                 "the full schedule as sigmas (paper: 50 steps, ddim_uniform). It restarts at 30% of the "
                 "steps from the noised upsampled latent and, before every Euler step, blends the state "
                 "toward the re-noised upsampled latent with a cosine-decaying weight, so global structure "
@@ -113,11 +119,16 @@ class FreeScaleSelfCascadeSampler(io.ComfyNode):
             inputs=[
                 io.Float.Input("cosine_scale", default=2.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_TIP),
                 io.Float.Input("restart_percent", default=0.3, min=0.0, max=0.99, step=0.01,
-                               tooltip="Fraction of the schedule skipped: sampling restarts at step int(restart_percent·steps) (paper 0.3 → step 15 of 50; SDXL-Turbo 0.5). 0.2–0.5."),
-                io.Float.Input("cosine_scale_bg", default=1.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_BG_TIP),
+                               tooltip="Higher = stays closer to the upsampled image and runs fewer steps, lower = "
+                                       "redraws more of it; try 0.3. Fraction of the schedule skipped: sampling "
+                                       "restarts at step int(restart_percent·steps) (paper 0.3 → step 15 of 50; "
+                                       "SDXL-Turbo 0.5). Useful 0.2–0.5."),
+                io.Float.Input("cosine_scale_bg", default=1.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_BG_TIP,
+                               **advanced()),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Sampler.Output(tooltip="A sampler for SamplerCustomAdvanced (latent_image = the upsampled latent).")],
+            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced's sampler, with the upsampled latent as "
+                                               "its latent_image.")],
         )
 
     @classmethod
@@ -204,38 +215,61 @@ class FreeScaleUpscale(io.ComfyNode):
             display_name="FreeScale Upscale (Self-Cascade)",
             category="UltraRes/FreeScale",
             description=(
-                "FreeScale (Qiu et al., 2024) all-in-one high-resolution cascade: takes a base latent "
+                "Upscales a base image 2× to 4× (8× with fast_mode) with new, coherent detail and no "
+                "repeated objects; start with resolutions '2048, 4096', 50 steps and cfg 7.5 on a 1024² "
+                "SDXL base. FreeScale (Qiu et al., 2024) all-in-one high-resolution cascade: takes a base latent "
                 "sampled at the model's native size (e.g. 1024² SDXL, euler + ddim_uniform) and, for each "
                 "target in resolutions, upsamples it in RGB space (VAE decode → bicubic → VAE encode, tiled "
                 "above 2048²), then re-samples it with the tailored self-cascade sampler on a model patched "
                 "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets. "
-                "Cost: 70% of `steps` per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
+                "Cost: 70% of the steps per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
                 "(use fast_mode at 8192²). One progress bar with previews over all stages."),
             inputs=[
-                io.Model.Input("model", tooltip="SD1.x or SDXL-class model, without FreeU (FreeU is added here; a FreeU-patched model is detected and not patched twice)."),
-                io.Vae.Input("vae", tooltip="VAE of the model, used for the RGB-space upsampling between stages."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (the prompt of the base image)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning (paper: 'blurry, ugly, duplicate, poorly drawn, deformed, mosaic')."),
-                io.Latent.Input("latent", tooltip="Base latent from a normal sampler at the native size (stage 0 of the cascade)."),
+                io.Model.Input("model", tooltip="The model that made the base image (SD1.x or SDXL-class). Connect it "
+                                                "without FreeU: FreeU is added here, and a FreeU-patched model is "
+                                                "detected and not patched twice."),
+                io.Vae.Input("vae", tooltip="The VAE of that model. Used for the RGB-space upsampling between stages."),
+                io.Conditioning.Input("positive", tooltip="The prompt of the base image; keep it the same so the "
+                                                          "picture keeps its content. Positive conditioning."),
+                io.Conditioning.Input("negative", tooltip="What to avoid; try the paper's 'blurry, ugly, duplicate, "
+                                                          "poorly drawn, deformed, mosaic'. Negative conditioning."),
+                io.Latent.Input("latent", tooltip="The base image as a latent, from a normal sampler at the model's "
+                                                  "native size (e.g. 1024² on SDXL): stage 0 of the cascade."),
                 io.String.Input("resolutions", default="2048, 4096",
-                                tooltip="Target of each upscaling stage in pixels, comma-separated: a square size or WxH (multiples of 8; paper '2048, 4096'). Each stage roughly doubles the side."),
+                                tooltip="The sizes the image grows through, smallest first; try '2048, 4096' on SDXL. "
+                                        "Target of each upscaling stage in pixels, comma-separated: a square size or "
+                                        "WxH (multiples of 8; paper '2048, 4096'). Each stage roughly doubles the side."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the stage noise n (stage k uses seed + k) and of the Scale Fusion window jitter."),
+                             tooltip="Change it for another variation of the added detail; keep it to reproduce a "
+                                     "result. Seed of the stage noise n (stage k uses seed + k) and of the Scale "
+                                     "Fusion window jitter."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Steps of the full schedule per stage, on the DDIM leading timesteps i·⌊1000/N⌋ + 1 (paper 50); the first int(0.3·steps) are skipped by the restart."),
+                             tooltip="More = slower and a little finer, fewer = faster and rougher; try 50. Steps of "
+                                     "the full schedule per stage, on the DDIM leading timesteps i·⌊1000/N⌋ + 1 "
+                                     "(paper 50); the first int(0.3·steps) are skipped by the restart."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (paper 7.5)."),
+                               tooltip="Higher = follows the prompt more strongly, with harsher contrast; try 7.5. "
+                                       "Classifier-free guidance scale (paper 7.5)."),
                 io.Float.Input("cosine_scale", default=2.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_TIP),
-                io.Float.Input("cosine_scale_bg", default=1.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_BG_TIP),
+                io.Float.Input("cosine_scale_bg", default=1.0, min=0.0, max=100.0, step=0.1, tooltip=COSINE_SCALE_BG_TIP,
+                               **advanced()),
                 io.Boolean.Input("fast_mode", default=False,
-                                 tooltip="Scale Fusion fast mode: dilated instead of full global attention. Needed for memory at 8192², slightly lower quality."),
+                                 tooltip="Turn on at 8192² to fit in memory: faster and lighter, slightly lower "
+                                         "quality; leave off up to 4096². Scale Fusion fast mode: dilated instead "
+                                         "of full global attention."),
                 io.Boolean.Input("dilation", default=True,
-                                 tooltip="Restrained dilated convolution (paper on; d = stage width // base width, first 70% of the steps)."),
+                                 tooltip="On = fewer repeated objects at large sizes; leave on. Restrained dilated "
+                                         "convolution (paper on; d = stage width // base width, first 70% of the "
+                                         "steps).",
+                                 **advanced()),
                 io.Boolean.Input("freeu", default=True,
-                                 tooltip="Apply ComfyUI's FreeU (v1) with the paper's b1 1.1, b2 1.2, s1 0.6, s2 0.4 during the upscaling stages."),
+                                 tooltip="On = the paper's setting; leave on. Applies ComfyUI's FreeU (v1) with the "
+                                         "paper's b1 1.1, b2 1.2, s1 0.6, s2 0.4 during the upscaling stages.",
+                                 **advanced()),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Latent.Output(tooltip="Latent of the last stage (decode with VAE Decode (Tiled) at 4096² and above).")],
+            outputs=[io.Latent.Output(tooltip="The upscaled image as a latent; decode it with VAE Decode (Tiled) at "
+                                              "4096² and above. Latent of the last stage.")],
         )
 
     @classmethod

@@ -155,7 +155,9 @@ class FreeScaleRestrainedDilation(io.ComfyNode):
             display_name="FreeScale Restrained Dilation",
             category="UltraRes/FreeScale",
             description=(
-                "FreeScale restrained dilated convolution (Qiu et al., 2024): during the early steps "
+                "Reduces repeated objects when a model samples above its native size; start with "
+                "dilate_percent 0.7 and base_size 1024 (SDXL) or 512 (SD1.x). FreeScale restrained "
+                "dilated convolution (Qiu et al., 2024): during the early steps "
                 "the 3×3 convolutions of the UNet's deepest down level and middle block run with "
                 "dilation d = target width // base_size (2 at 2048 px, 4 at 4096 px for SDXL), which "
                 "widens their receptive field to the upscaled image and suppresses repeated objects; "
@@ -163,13 +165,20 @@ class FreeScaleRestrainedDilation(io.ComfyNode):
                 "stages of a FreeScale cascade. Models: SD1.x and SDXL-class UNets. Cost: none (same "
                 "FLOPs); the shared model is changed only during each patched call and restored after it."),
             inputs=[
-                io.Model.Input("model", tooltip="SD1.x or SDXL-class UNet model to patch (a clone is patched; the input is unchanged)."),
+                io.Model.Input("model", tooltip="The model to prepare for large sizes (SD1.x or SDXL-class UNet). A "
+                                                "clone is patched; the input is unchanged."),
                 io.Float.Input("dilate_percent", default=0.7, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the sampling steps that are dilated, counted from the first step of the schedule (paper dilate_tau/steps = 35/50 = 0.7). 0 disables; 0.5–0.8 is the useful range."),
+                               tooltip="Higher = stronger protection against repeated objects, lower = closer to the "
+                                       "plain model; try 0.7, 0 turns it off. Fraction of the sampling steps that are "
+                                       "dilated, counted from the first step of the schedule (paper dilate_tau/steps "
+                                       "= 35/50 = 0.7); 0.5–0.8 is the useful range."),
                 io.Int.Input("base_size", default=1024, min=64, max=16384, step=8,
-                             tooltip="Native size of the model in pixels: d = target width // base_size (1024 for SDXL, 512 for SD1.x). Targets up to base_size are not dilated."),
+                             tooltip="Set it to the size your model was trained at: 1024 for SDXL, 512 for SD1.x. "
+                                     "Native size of the model in pixels: d = target width // base_size; targets up "
+                                     "to base_size are not dilated."),
             ],
-            outputs=[io.Model.Output(tooltip="The model with restrained dilation on the deepest down level and middle block.")],
+            outputs=[io.Model.Output(tooltip="The patched model; connect it to the sampler of the high-resolution pass. "
+                                             "Restrained dilation on the deepest down level and middle block.")],
         )
 
     @classmethod

@@ -19,6 +19,7 @@ from comfy_api.latest import io
 
 from ..kernels import freescale
 from ._checks import check_numbers
+from ._schema import advanced
 from ._stage import model_latent_px
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ class FreeScaleScaleFusion(io.ComfyNode):
             display_name="FreeScale Scale Fusion",
             category="UltraRes/FreeScale",
             description=(
-                "FreeScale Scale Fusion (Qiu et al., 2024): replaces every UNet self-attention with "
+                "Keeps the layout of the whole picture while adding local detail at large sizes, so objects "
+                "do not repeat; start with the defaults (fast_mode off up to 4096²). FreeScale Scale Fusion "
+                "(Qiu et al., 2024): replaces every UNet self-attention with "
                 "local window attention (1024 px windows, 50% overlap) fused with global attention "
                 "by a 3-D Gaussian frequency split: low frequencies from the windows, high "
                 "frequencies from the global view. Use it on the upscaling stages of a cascade "
@@ -114,19 +117,32 @@ class FreeScaleScaleFusion(io.ComfyNode):
                 "self-attention (about 2× attention time); fast mode swaps the global pass for "
                 "dilated sub-grid attention, cheaper at 8192² and above."),
             inputs=[
-                io.Model.Input("model", tooltip="SD1.x or SDXL-class UNet model to patch (a clone is patched; the input is unchanged)."),
+                io.Model.Input("model", tooltip="The model to prepare for large sizes (SD1.x or SDXL-class UNet). A "
+                                                "clone is patched; the input is unchanged."),
                 io.Boolean.Input("fast_mode", default=False,
-                                 tooltip="FreeScale fast mode: global part from dilated (strided sub-grid) attention instead of full attention. Faster and lighter at 8192²+, slightly lower quality."),
+                                 tooltip="Turn on at 8192² and above: faster and lighter, slightly lower quality; "
+                                         "leave off below. FreeScale fast mode: global part from dilated (strided "
+                                         "sub-grid) attention instead of full attention."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Sampling progress where the fusion starts (0 = first step)."),
+                               tooltip="Raise it to let the plain model shape the first steps; leave at 0. Sampling "
+                                       "progress where the fusion starts (0 = first step).",
+                               **advanced()),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Sampling progress where the fusion stops (1 = last step). The paper fuses at every step."),
+                               tooltip="Lower it to let the plain model finish the last steps; leave at 1. Sampling "
+                                       "progress where the fusion stops (1 = last step). The paper fuses at every step.",
+                               **advanced()),
                 io.Int.Input("jitter_seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
-                             tooltip="Seed of the window jitter (±1/8 window). The same seed reproduces the same windows."),
+                             tooltip="Change it for a slightly different placement of the windows; keep it to "
+                                     "reproduce a result. Seed of the window jitter (±1/8 window); the same seed "
+                                     "reproduces the same windows.",
+                             **advanced()),
                 io.Boolean.Input("jitter", default=True,
-                                 tooltip="Randomly shift windows by up to 1/8 of their size each step, as FreeScale does, to hide window borders."),
+                                 tooltip="On = hides the borders of the attention windows; leave on. Randomly shifts "
+                                         "windows by up to 1/8 of their size each step, as FreeScale does.",
+                                 **advanced()),
             ],
-            outputs=[io.Model.Output(tooltip="The model with Scale Fusion on every transformer self-attention.")],
+            outputs=[io.Model.Output(tooltip="The patched model; connect it to the sampler of the high-resolution pass. "
+                                             "Scale Fusion on every transformer self-attention.")],
         )
 
     @classmethod

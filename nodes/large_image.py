@@ -27,6 +27,7 @@ from PIL import Image
 from ..kernels.large_image import BigTiffStreamWriter, PngStreamWriter, RowPreview
 from ..kernels.tiling import starts, tile_weights
 from ._checks import check_filename_prefix, check_latent_matches_vae, check_numbers, format_bytes
+from ._schema import advanced
 
 if TYPE_CHECKING:
     from comfy.sd import VAE
@@ -81,6 +82,8 @@ class SaveLargeImage(io.ComfyNode):
             display_name="Save Large Image (tiled decode → PNG/BigTIFF)",
             category="UltraRes/Pixelsmith",
             description=(
+                "Saves a huge image (tens of thousands of px per side) straight to a PNG or BigTIFF file "
+                "without running out of memory; start with the defaults (png, tile_size 64, overlap 8). "
                 "Decodes a latent of any size tile by tile with the VAE (overlapping tiles, linear blend) "
                 "and streams the rows straight into a PNG or BigTIFF file in the output folder, with RAM "
                 "bounded by one band of tiles: the end of a gigapixel cascade (Pixelsmith 32768² and "
@@ -90,24 +93,32 @@ class SaveLargeImage(io.ComfyNode):
                 "(tile+overlap)/tile extra for the overlaps; deflate/PNG compression is CPU-bound. "
                 "Outputs a small preview IMAGE."),
             inputs=[
-                io.Latent.Input("samples", tooltip="The latent to decode (e.g. the last Pixelsmith Upscale stage)."),
-                io.Vae.Input("vae", tooltip="VAE of the model."),
+                io.Latent.Input("samples", tooltip="The image to save, as a latent (e.g. from the last Pixelsmith "
+                                                   "Upscale stage); it is decoded here."),
+                io.Vae.Input("vae", tooltip="The VAE of the model that made the latent; it decodes the tiles."),
                 io.String.Input("filename_prefix", default="UltraRes/pixelsmith",
-                                tooltip="File name prefix in the output folder (subfolders allowed)."),
+                                tooltip="Where the file goes and how it is named; try 'UltraRes/pixelsmith'. File "
+                                        "name prefix in the output folder (subfolders allowed)."),
                 io.Combo.Input("format", options=list(FORMATS), default="png",
-                               tooltip="png: 8-bit RGB PNG, written row by row (limit 2^31 px per side). "
+                               tooltip="The file type; png opens almost everywhere, try it first. "
+                                       "png: 8-bit RGB PNG, written row by row (limit 2^31 px per side). "
                                        "tiff: 8-bit RGB BigTIFF with strips (no 4 GiB limit)."),
                 io.Combo.Input("tiff_compression", options=list(TIFF_COMPRESSION), default="deflate",
-                               tooltip="BigTIFF strip compression: deflate (smaller, slower) or none. Ignored for png."),
+                               tooltip="deflate = smaller file but slower to write, none = faster but larger; try "
+                                       "deflate. BigTIFF strip compression. Ignored for png.",
+                               **advanced()),
                 io.Int.Input("tile_size", default=64, min=8, max=512, step=8,
-                             tooltip="Decode tile side in latent px (64 = 512 px on SD/SDXL, as the official "
-                                     "code). Larger = fewer seams and calls, more VAE memory."),
+                             tooltip="Larger = fewer seams and fewer VAE calls, but more VAE memory; try 64. Decode "
+                                     "tile side in latent px (64 = 512 px on SD/SDXL, as the official code).",
+                             **advanced()),
                 io.Int.Input("overlap", default=8, min=0, max=256,
-                             tooltip="Tile overlap in latent px, blended with a linear ramp. 8-16 hides seams; "
-                                     "must be below tile_size."),
+                             tooltip="Raise it if you see seams between tiles; try 8. Tile overlap in latent px, "
+                                     "blended with a linear ramp; 8-16 hides seams; must be below tile_size.",
+                             **advanced()),
             ],
             outputs=[io.Image.Output(display_name="preview",
-                                     tooltip=f"Area-downsampled preview (longest side <= {PREVIEW_MAX_SIDE} px).")],
+                                     tooltip=f"A small look at the saved image, to check it; the full image is in "
+                                             f"the file. Area-downsampled (longest side <= {PREVIEW_MAX_SIDE} px).")],
             is_output_node=True,
         )
 

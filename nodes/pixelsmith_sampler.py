@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..kernels import pixelsmith
 from ._checks import check_numbers
+from ._schema import advanced
 from .pixelsmith_conditioning import PatchConditioning
 
 if TYPE_CHECKING:
@@ -278,33 +279,43 @@ def sampler_inputs(default_slider: int = 20) -> list:
     """Inputs shared by the SAMPLER node and the convenience upscale node."""
     return [
         io.Int.Input("slider", default=default_slider, min=0, max=1000,
-                     tooltip="Pixelsmith Slider S: number of guided steps (phase fusion on steps 0..S-1, "
-                             "chessboard on 0..S-2). More = closer to the upscaled input, fewer = more new "
-                             "detail and more risk of repetition. Paper: 20 for ×2, 30 for ×4 (of 50). "
-                             "Safe range 10-40; 0 = no guidance."),
+                     tooltip="Higher = closer to your image, lower = more new detail and more risk of repeated "
+                             "objects; try 20 for a ×2 stage, 30 for ×4. Pixelsmith Slider S: number of guided "
+                             "steps (phase fusion on steps 0..S-1, chessboard on 0..S-2). Paper: 20 for ×2, 30 "
+                             "for ×4 (of 50). Safe range 10-40; 0 = no guidance."),
         io.Int.Input("patch_size", default=128, min=8, max=1024, step=8,
-                     tooltip="Patch side P in latent px (official 128 = 1024 px on SDXL). Use the model's "
-                             "native training size; smaller latents are clamped to their own size."),
+                     tooltip="Set it to your model's native size in latent px: 128 for SDXL (1024 px), 64 for "
+                             "SD1.5 (512 px). Patch side P in latent px (official 128 = 1024 px on SDXL); smaller "
+                             "latents are clamped to their own size."),
         io.Int.Input("band", default=10, min=0, max=128,
-                     tooltip="Half-width of the 50/50 averaging band at patch borders, latent px "
-                             "(official 10). 0 disables the averaging; must be below half the patch side "
-                             "(the patch is clamped to the latent on small images)."),
+                     tooltip="Wider = patch borders blend more smoothly; try 10, 0 turns the blending off. "
+                             "Half-width of the 50/50 averaging band at patch borders, in latent px (official "
+                             "10); must be below half the patch side (the patch is clamped to the latent on "
+                             "small images).",
+                     **advanced()),
         io.Combo.Input("mode", options=list(MODES), default="faithful",
-                       tooltip="faithful: one random patch per model call, the official order. fast: "
-                               "each step covered by a grid of windows shifted at random every step, several "
-                               "disjoint windows per call (same guidance, mask and band), about 2x faster on "
-                               "big latents; results differ in detail."),
+                       tooltip="faithful gives the paper's result, fast is quicker on big images; try faithful. "
+                               "faithful: one random patch per model call, the official order. fast: each step covered by a grid of windows shifted "
+                               "at random every step, several disjoint windows per call (same guidance, mask "
+                               "and band), about 2x faster on big latents; results differ in detail."),
         io.Int.Input("patch_batch", default=0, min=0, max=256,
-                     tooltip="Patches per model call in fast mode. 0 = auto (sized from the free memory of "
-                             "the model's device). Ignored in faithful mode."),
+                     tooltip="Leave at 0 (auto); set a small number if fast mode runs out of GPU memory. "
+                             "Patches per model call in fast mode; 0 = auto (sized from the free memory of the "
+                             "model's device). Ignored in faithful mode.",
+                     **advanced()),
         io.Combo.Input("crop_conditioning", options=list(CROP_MODES), default="fixed",
-                       tooltip="SDXL micro-conditioning per patch (ignored on models without it): "
-                               "fixed = crop (top, left) of the patch in image px; official = (left, left) "
-                               "as the official code (bug reproduced); zero = keep the conditioning's crop (0)."),
+                       tooltip="Tells SDXL where each patch sits in the picture; leave on fixed. SDXL "
+                               "micro-conditioning per patch (ignored on models without it): fixed = crop "
+                               "(top, left) of the patch in image px; official = (left, left), the value the "
+                               "official code passes (the left offset twice), to match its results; zero = keep "
+                               "the conditioning's crop (0).",
+                       **advanced()),
         io.Combo.Input("state_device", options=list(STATE_DEVICES), default="auto",
-                       tooltip="Where the full-size latent, snapshot, noise and step map live. auto = CPU RAM "
-                               "once a latent tensor is over 256 MiB (gigapixel), else the model's device; "
-                               "cpu = always RAM (only patches move to the device)."),
+                       tooltip="Leave on auto; pick cpu if the GPU runs out of memory on huge images. Where the "
+                               "full-size latent, snapshot, noise and step map live: auto = CPU RAM once a latent "
+                               "tensor is over 256 MiB (gigapixel), else the model's device; device = always the "
+                               "model's device; cpu = always RAM (only patches move to the device).",
+                       **advanced()),
     ]
 
 
@@ -323,8 +334,9 @@ class PixelsmithSamplerNode(io.ComfyNode):
             display_name="Pixelsmith Sampler (Slider, patch denoising)",
             category="UltraRes/Pixelsmith",
             description=(
-                "Pixelsmith (Tragakis et al., 2024) as a SAMPLER for SamplerCustomAdvanced: denoises "
-                "the upscaled latent patch by patch at the model's native size, starting from the noised "
+                "Re-draws an upscaled image with full detail, patch by patch, without repeated objects; "
+                "start with slider 20 for a ×2 stage (30 for ×4). Pixelsmith (Tragakis et al., 2024) as a "
+                "SAMPLER for SamplerCustomAdvanced: denoises the upscaled latent patch by patch at the model's native size, starting from the noised "
                 "upscaled image and guiding the first S steps (the Slider) with its phase (FFT fusion) "
                 "and a chessboard of its pixels. Feed it the upscaled guidance latent as latent_image, "
                 "any guider (CFGGuider, cfg 7.5) and BasicScheduler ddim_uniform 50 steps (the DDIM "
@@ -335,7 +347,8 @@ class PixelsmithSamplerNode(io.ComfyNode):
                 "the image size on the device. For huge latents SamplerCustomAdvanced's "
                 "denoised_output is only a preview-size latent: use output."),
             inputs=sampler_inputs(),
-            outputs=[io.Sampler.Output(tooltip="The Pixelsmith SAMPLER; connect to SamplerCustomAdvanced.")],
+            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced's sampler, with the upscaled latent "
+                                               "as its latent_image. The Pixelsmith SAMPLER.")],
         )
 
     @classmethod

@@ -62,7 +62,9 @@ class PixelsmithUpscale(io.ComfyNode):
             display_name="Pixelsmith Upscale (one cascade stage)",
             category="UltraRes/Pixelsmith",
             description=(
-                "One Pixelsmith (Tragakis et al., 2024) cascade stage: Lanczos-resizes the input image "
+                "Makes your image bigger (2× per stage) and re-draws it with sharp new detail, without "
+                "repeated objects; start with scale_by 2, slider 20 (30 on a second ×2 stage), 50 steps and "
+                "cfg 7.5. One Pixelsmith (Tragakis et al., 2024) cascade stage: Lanczos-resizes the input image "
                 "(or the decoded input latent) in pixel space, encodes it with a tiled VAE encode and "
                 "re-generates it at the new size with the Pixelsmith patch sampler (Slider guidance, "
                 "CFG, the DDIM leading timesteps of Thanos-DB/Pixelsmith). Chain stages by "
@@ -72,36 +74,52 @@ class PixelsmithUpscale(io.ComfyNode):
                 "stage: steps × about 2× (image area / patch area) patch calls with CFG; device memory "
                 "does not grow with the image, the IMAGE output falls back to a preview above 64 Mpx."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SDXL base in the paper)."),
-                io.Vae.Input("vae", tooltip="VAE of the model, used for the decode/encode around the resize."),
-                io.Conditioning.Input("positive", tooltip="Positive prompt conditioning (same as the base image)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
+                io.Model.Input("model", tooltip="The model that made your image. The diffusion model (SDXL base in "
+                                                "the paper)."),
+                io.Vae.Input("vae", tooltip="The VAE of that model. Used for the decode/encode around the resize."),
+                io.Conditioning.Input("positive", tooltip="The prompt of the base image; keep it the same so the "
+                                                          "picture keeps its content. Positive prompt conditioning."),
+                io.Conditioning.Input("negative", tooltip="What to avoid in the picture. Negative prompt conditioning."),
                 io.Image.Input("image", optional=True,
-                               tooltip="Previous stage as IMAGE. Give exactly one of image or latent."),
+                               tooltip="Your image, or the previous stage, as IMAGE. Give exactly one of image or "
+                                       "latent."),
                 io.Latent.Input("latent", optional=True,
-                                tooltip="Previous stage as LATENT (decoded tile-wise first). Give exactly one of image or latent."),
+                                tooltip="The previous stage as LATENT, the usual link between stages (decoded "
+                                        "tile-wise first). Give exactly one of image or latent."),
                 io.Float.Input("scale_by", default=2.0, min=0.25, max=16.0, step=0.05,
-                               tooltip="Upscale factor of this stage when no target size is set. Paper: 2 per stage."),
+                               tooltip="How much bigger this stage makes the image; try 2. Upscale factor of this "
+                                       "stage when no target size is set. Paper: 2 per stage."),
                 io.Int.Input("target_width", default=0, min=0, max=131072, step=8,
-                             tooltip="Output width in px (0 = use scale_by; only one of width/height keeps the aspect). Rounded to the VAE's multiple."),
+                             tooltip="An exact output width instead of scale_by; leave at 0 to use scale_by. Output "
+                                     "width in px (0 = use scale_by; only one of width/height keeps the aspect). "
+                                     "Rounded to the VAE's multiple."),
                 io.Int.Input("target_height", default=0, min=0, max=131072, step=8,
-                             tooltip="Output height in px (0 = use scale_by). Rounded to the VAE's multiple."),
+                             tooltip="An exact output height instead of scale_by; leave at 0 to use scale_by. Output "
+                                     "height in px (0 = use scale_by). Rounded to the VAE's multiple."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the noise n (shared by all guidance latents) and of the patch positions."),
+                             tooltip="Change it for another variation of the new detail; keep it to reproduce a "
+                                     "result. Seed of the noise n (shared by all guidance latents) and of the patch "
+                                     "positions."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Number of sampling steps N, on the DDIM leading timesteps i·⌊1000/N⌋ + 1 (official 50)."),
+                             tooltip="More = slower and a little finer, fewer = faster and rougher; try 50. Number of "
+                                     "sampling steps N, on the DDIM leading timesteps i·⌊1000/N⌋ + 1 (official 50)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (official 7.5)."),
+                               tooltip="Higher = follows the prompt more strongly, with harsher contrast; try 7.5. "
+                                       "Classifier-free guidance scale (official 7.5)."),
                 *sampler_inputs(),
                 io.Boolean.Input("decode_image", default=True,
-                                 tooltip="Decode the result for the IMAGE output (full image up to 64 Mpx, else a "
-                                         "preview). Turn off on intermediate stages chained by LATENT: the output is "
-                                         "then only a small preview, saving a full decode."),
+                                 tooltip="Turn off on intermediate stages chained by LATENT to save time; leave on for "
+                                         "the last one. Decodes the result for the IMAGE output (full image up to 64 "
+                                         "Mpx, else a preview); off = the output is only a small preview, saving a "
+                                         "full decode."),
             ],
             outputs=[
-                io.Latent.Output(display_name="latent", tooltip="The upscaled latent; chain the next stage or Save Large Image from it."),
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The upscaled image as a latent; connect the next stage or Save Large Image "
+                                         "to it."),
                 io.Image.Output(display_name="image",
-                                tooltip="The decoded result when it is at most 64 Mpx (and fits in RAM), else a small preview."),
+                                tooltip="The upscaled image to view or save when it is at most 64 Mpx (and fits in "
+                                        "RAM), else a small preview."),
             ],
         )
 

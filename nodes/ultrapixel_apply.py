@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from comfy_api.latest import io
 
 from ._checks import check_numbers
+from ._schema import advanced
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
 from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, LRFeatures, check_compatible, inject_clone
 
@@ -27,7 +28,9 @@ class UltraPixelApply(io.ComfyNode):
             display_name="UltraPixel Apply",
             category="UltraRes/UltraPixel",
             description=(
-                "UltraPixel (Ren et al., 2024) high-resolution pass as a model patch: after the "
+                "Lets Stable Cascade draw at 2048 px and above with the composition of its 1024² version "
+                "and crisp detail; start with cfg_rescale 0.7 and a stock sampler. UltraPixel (Ren et al., "
+                "2024) high-resolution pass as a model patch: after the "
                 "first attention block of each stage-C level, fuses the upscaled LR guidance g' "
                 "with the HR features, modulated by the current step's time and a scale-aware "
                 "norm, and adds it (decoder weight 0.3 / 0.5 / 0.7 below 72² / 96² / from 96² "
@@ -36,13 +39,19 @@ class UltraPixelApply(io.ComfyNode):
                 "pass (latent from UltraPixel INR Upscale). Models: Stable Cascade stage C 3.6B. "
                 "Cost: four small modules per step (well under 1% of the FLOPs of a 3.6B stage-C step)."),
             inputs=[
-                io.Model.Input("model", tooltip="Stable Cascade stage-C model to patch (a clone is patched)."),
-                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="From UltraPixel Loader."),
-                ULTRAPIXEL_GUIDANCE.Input("guidance", tooltip="From UltraPixel LR Guidance (optionally through INR Upscale)."),
+                io.Model.Input("model", tooltip="The Stable Cascade stage-C model of the high-resolution pass. A clone "
+                                                "is patched."),
+                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="Connect the UltraPixel Loader output."),
+                ULTRAPIXEL_GUIDANCE.Input("guidance", tooltip="Connect UltraPixel LR Guidance, optionally through "
+                                                              "UltraPixel INR Upscale."),
                 io.Float.Input("cfg_rescale", default=0.7, min=0.0, max=1.0, step=0.01,
-                               tooltip="cfg_rho of the paper's CFG rescale, installed as the sampler CFG function (0 = stock CFG)."),
+                               tooltip="Higher = tames the harsh, oversaturated look of strong CFG; try 0.7. cfg_rho "
+                                       "of the paper's CFG rescale, installed as the sampler CFG function (0 = stock "
+                                       "CFG).",
+                               **advanced()),
             ],
-            outputs=[io.Model.Output(tooltip="Stage C with UltraPixel guidance at E0, E1, D0, D1.")],
+            outputs=[io.Model.Output(tooltip="Connect to your sampler (e.g. KSampler) for the high-resolution stage-C "
+                                             "pass. Stage C with UltraPixel guidance at E0, E1, D0, D1.")],
         )
 
     @classmethod

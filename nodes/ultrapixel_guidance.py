@@ -28,7 +28,9 @@ class UltraPixelLRGuidance(io.ComfyNode):
             display_name="UltraPixel LR Guidance",
             category="UltraRes/UltraPixel",
             description=(
-                "UltraPixel (Ren et al., 2024) low-resolution pass: samples stage C at the LR size "
+                "Draws the small version of the picture whose composition the high-resolution pass keeps; "
+                "start with steps 20, cfg 4 and the width/height you want in the end. UltraPixel (Ren et "
+                "al., 2024) low-resolution pass: samples stage C at the LR size "
                 "UltraPixel uses for the target aspect ratio (1024² for square) with DDPM on the "
                 "paper's time grid, and captures the stage-C features after the first attention "
                 "block of each level from the conditional half at the last step (t = 0.05). Feed "
@@ -36,14 +38,18 @@ class UltraPixelLRGuidance(io.ComfyNode):
                 "pass. Optional lr_latent (a stage-C latent, e.g. from StableCascade_StageC_VAEEncode) "
                 "replaces sampling by one re-noised step (img2img). Models: Stable Cascade stage C "
                 "3.6B. Cost: one stage-C run at 1024² (at most about 1/4 of a 2048² run)."),
-            inputs=[io.Model.Input("model", tooltip="Stable Cascade stage-C model (unpatched or LoRA'd)."),
+            inputs=[io.Model.Input("model", tooltip="The Stable Cascade stage-C model; use the same one for the "
+                                                    "high-resolution pass. Unpatched or LoRA'd."),
                     *sampling_inputs(),
                     io.Latent.Input("lr_latent", optional=True,
-                                    tooltip="Optional stage-C latent used as the LR image (img2img); resized to the LR latent size.")],
+                                    tooltip="Optional: a picture to start from (img2img), as a stage-C latent; it is "
+                                            "used as the LR image, resized to the LR latent size.")],
             outputs=[ULTRAPIXEL_GUIDANCE.Output(display_name="guidance",
-                                                tooltip="LR features g at E0, E1, D0, D1 (cond half, last LR step)."),
+                                                tooltip="Connect to UltraPixel INR Upscale or UltraPixel Apply. LR "
+                                                        "features g at E0, E1, D0, D1 (cond half, last LR step)."),
                      io.Latent.Output(display_name="lr_latent",
-                                      tooltip="The LR stage-C result (x0 of the last step), for previews or a stock stage B.")],
+                                      tooltip="The small low-resolution picture, for a quick preview or a stock stage "
+                                              "B. The LR stage-C result (x0 of the last step).")],
         )
 
     @classmethod

@@ -46,7 +46,9 @@ class UltraPixelINRUpscale(io.ComfyNode):
             display_name="UltraPixel INR Upscale",
             category="UltraRes/UltraPixel",
             description=(
-                "UltraPixel (Ren et al., 2024) continuous upsampling: the implicit neural "
+                "Prepares the guidance and the empty latents for your target size, so the high-resolution "
+                "pass runs with a stock sampler; set width/height to the final size (try 2048). UltraPixel "
+                "(Ren et al., 2024) continuous upsampling: the implicit neural "
                 "representation of each guidance module turns the LR features g into g' at the "
                 "target stage-C size (Fig. 4), once per size instead of once per step. Outputs the "
                 "upscaled guidance and an empty stage-C latent of UltraPixel's size "
@@ -54,15 +56,19 @@ class UltraPixelINRUpscale(io.ComfyNode):
                 "UltraPixel Apply. Models: UltraPixel weights for Stable Cascade stage C 3.6B. Cost: "
                 "milliseconds to a second (one small MLP per HR position)."),
             inputs=[
-                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="From UltraPixel Loader."),
-                ULTRAPIXEL_GUIDANCE.Input("guidance", tooltip="From UltraPixel LR Guidance."),
+                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="Connect the UltraPixel Loader output."),
+                ULTRAPIXEL_GUIDANCE.Input("guidance", tooltip="Connect UltraPixel LR Guidance."),
                 *size_inputs(),
             ],
-            outputs=[ULTRAPIXEL_GUIDANCE.Output(display_name="guidance", tooltip="Guidance with g' at the target size."),
+            outputs=[ULTRAPIXEL_GUIDANCE.Output(display_name="guidance",
+                                                tooltip="Connect to UltraPixel Apply. Guidance with g' at the target "
+                                                        "size."),
                      io.Latent.Output(display_name="stage_c_latent",
-                                      tooltip="Empty stage-C latent (B, 16, ceil(H/42.67), ceil(W/42.67)) for the HR pass."),
+                                      tooltip="Connect to the latent_image of the stage-C sampler for the high-resolution "
+                                              "pass. Empty stage-C latent (B, 16, ceil(H/42.67), ceil(W/42.67))."),
                      io.Latent.Output(display_name="stage_b_latent",
-                                      tooltip="Empty stage-B latent (B, 4, ceil(H/4), ceil(W/4)) for the stage-B KSampler.")],
+                                      tooltip="Connect to the latent_image of the stage-B KSampler. Empty stage-B latent "
+                                              "(B, 4, ceil(H/4), ceil(W/4)).")],
         )
 
     @classmethod

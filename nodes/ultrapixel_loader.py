@@ -24,6 +24,7 @@ from comfy_api.latest import io
 from ..kernels.ultrapixel_config import UltraPixelConfig
 from ..kernels.ultrapixel_weights import load_ultrapixel_modules
 from ..kernels.weights_file import DamagedWeightsError
+from ._schema import advanced
 
 FOLDER = "ultrapixel"
 ULTRAPIXEL_MODEL = io.Custom("ULTRAPIXEL_MODEL")
@@ -77,7 +78,9 @@ class UltraPixelLoader(io.ComfyNode):
             display_name="UltraPixel Loader",
             category="UltraRes/UltraPixel",
             description=(
-                "Loads the UltraPixel (Ren et al., 2024) added modules: the four guidance modules "
+                "Loads the UltraPixel add-on weights that let Stable Cascade draw at 2048 px and above; pick "
+                "ultrapixel_t2i.safetensors and leave weight_dtype on default. Loads the UltraPixel (Ren et "
+                "al., 2024) added modules: the four guidance modules "
                 "(LR-guidance tokens, implicit-function upsampler, fusion, scale-aware norm) that "
                 "sit after the first attention block of each Stable Cascade stage-C level. Put "
                 "ultrapixel_t2i.safetensors (the release is a PyTorch pickle despite its name; "
@@ -87,12 +90,18 @@ class UltraPixelLoader(io.ComfyNode):
                 "parameters, 211 MB in bf16; loading takes a second."),
             inputs=[
                 io.Combo.Input("ultrapixel_name", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip="UltraPixel weights in models/ultrapixel (ultrapixel_t2i.safetensors). Pickle or safetensors, detected from the file contents."),
+                               tooltip="The UltraPixel weights file; pick ultrapixel_t2i.safetensors from "
+                                       "models/ultrapixel. Pickle or safetensors, detected from the file contents."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
-                               tooltip="Compute dtype of the added modules. default = follow the stage-C model at sampling time (bf16 on most GPUs, fp32 on CPU)."),
+                               tooltip="Leave on default; the others force one precision for these small modules. "
+                                       "Compute dtype of the added modules: default = follow the stage-C model at "
+                                       "sampling time (bf16 on most GPUs, fp32 on CPU).",
+                               **advanced()),
             ],
             outputs=[ULTRAPIXEL_MODEL.Output(display_name="ultrapixel_model",
-                                             tooltip="The four UltraPixel guidance modules (E0, E1, D0, D1), for the UltraPixel sampling nodes.")],
+                                             tooltip="Connect to UltraPixel Stage C, INR Upscale or Apply. The four "
+                                                     "UltraPixel guidance modules (E0, E1, D0, D1), for the UltraPixel "
+                                                     "sampling nodes.")],
         )
 
     @classmethod

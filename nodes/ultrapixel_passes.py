@@ -21,6 +21,7 @@ from comfy_api.latest import io
 
 from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
 from ..kernels.ultrapixel_sampling import time_grid
+from ._schema import advanced
 from ._stage import StageProgress
 from .ultrapixel_patch import LRFeatures, capture_clone, features_from_capture, rescale_cfg_function
 
@@ -136,8 +137,8 @@ def lr_pass(model: ModelPatcher, positive: Any, negative: Any, width: int, heigh
 
 # Inputs shared by the LR Guidance and Stage C nodes
 
-SIZE_TIP = ("Target image {} in px (UltraPixel was trained up to 4096-6144 px; stage-C latent = "
-            "ceil(px / 42.67), stage B/A decode to this size).")
+SIZE_TIP = ("The {} of the final picture in px; try 2048. UltraPixel was trained up to 4096-6144 px; "
+            "stage-C latent = ceil(px / 42.67), stage B/A decode to this size.")
 
 
 def size_inputs() -> list[io.Int.Input]:
@@ -151,17 +152,26 @@ def size_inputs() -> list[io.Int.Input]:
 def sampling_inputs() -> list:
     """Prompts, target size, seed, steps, CFG, CFG rescale and shift of an UltraPixel sampling node."""
     return [
-        io.Conditioning.Input("positive", tooltip="Stable Cascade text conditioning (CLIP bigG) for stage C."),
-        io.Conditioning.Input("negative", tooltip="Negative conditioning. The paper uses the empty prompt \"\"."),
+        io.Conditioning.Input("positive", tooltip="Your prompt, from the Stable Cascade text encoder. Stable Cascade "
+                                                  "text conditioning (CLIP bigG) for stage C."),
+        io.Conditioning.Input("negative", tooltip="What to avoid; try leaving it empty. Negative conditioning. The "
+                                                  "paper uses the empty prompt \"\"."),
         *size_inputs(),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                     tooltip="Seed of the initial noises (HR then LR, one generator) and of the DDPM noise."),
+                     tooltip="Change it for another picture; keep it to reproduce a result. Seed of the initial "
+                             "noises (HR then LR, one generator) and of the DDPM noise."),
         io.Int.Input("steps", default=20, min=1, max=200,
-                     tooltip="Stage-C steps per pass (paper: 20, on the grid t = linspace(1, 0, steps+1))."),
+                     tooltip="More = slower and a little finer, fewer = faster and rougher; try 20. Stage-C steps "
+                             "per pass (paper: 20, on the grid t = linspace(1, 0, steps+1))."),
         io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance scale (paper: 4). ComfyUI's Stable Cascade examples use 4 too."),
+                       tooltip="Higher = follows the prompt more strongly, with harsher contrast; try 4. "
+                               "Classifier-free guidance scale (paper: 4). ComfyUI's Stable Cascade examples use 4 too."),
         io.Float.Input("cfg_rescale", default=0.7, min=0.0, max=1.0, step=0.01,
-                       tooltip="cfg_rho: blend of the std-rescaled CFG result (paper: 0.7; 0 = plain CFG)."),
+                       tooltip="Higher = tames the harsh, oversaturated look of strong CFG; try 0.7. "
+                               "cfg_rho: blend of the std-rescaled CFG result (paper: 0.7; 0 = plain CFG).",
+                       **advanced()),
         io.Float.Input("shift", default=1.0, min=0.1, max=10.0, step=0.01,
-                       tooltip="Noise-schedule shift (paper: 1). ComfyUI's stage-C default is 2."),
+                       tooltip="Higher = more of the steps go to the overall composition, fewer to fine detail; try "
+                               "1. Noise-schedule shift (paper: 1). ComfyUI's stage-C default is 2.",
+                       **advanced()),
     ]

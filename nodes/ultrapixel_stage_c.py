@@ -52,7 +52,9 @@ class UltraPixelStageC(io.ComfyNode):
             display_name="UltraPixel Stage C",
             category="UltraRes/UltraPixel",
             description=(
-                "UltraPixel (Ren et al., 2024) for Stable Cascade in one node: samples stage C at "
+                "Draws a Stable Cascade picture at 2048 px and above with the composition of its 1024² "
+                "version and crisp detail; start with width/height 2048, steps 20 and cfg 4. UltraPixel "
+                "(Ren et al., 2024) for Stable Cascade in one node: samples stage C at "
                 "the LR size (1024² for square), captures the guidance features, then samples the "
                 "target size with the UltraPixel modules fusing the INR-upscaled guidance into "
                 "stage C (DDPM on the paper's grid, CFG 4 with rescale 0.7, shift 1). Connect the "
@@ -62,20 +64,27 @@ class UltraPixelStageC(io.ComfyNode):
                 "ultrapixel_t2i. Cost: a plain stage-C run at the target size plus a 1024² LR run "
                 "(a quarter of the tokens of 2048²) and four small modules per step."),
             inputs=[
-                io.Model.Input("model", tooltip="Stable Cascade stage-C model (LoRA'd models work)."),
-                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="From UltraPixel Loader."),
+                io.Model.Input("model", tooltip="The Stable Cascade stage-C model; LoRA'd models work."),
+                ULTRAPIXEL_MODEL.Input("ultrapixel_model", tooltip="Connect the UltraPixel Loader output."),
                 *sampling_inputs(),
-                io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Images per run (each with its own noise)."),
+                io.Int.Input("batch_size", default=1, min=1, max=16,
+                             tooltip="How many pictures per run; try 1. Images per run (each with its own noise)."),
                 io.Image.Input("image", optional=True,
-                               tooltip="Optional LR source image (img2img): encoded with the stage-C VAE and used instead of the LR sampling."),
+                               tooltip="Optional: a picture to start from (img2img); it sets the composition. The LR "
+                                       "source image, encoded with the stage-C VAE and used instead of the LR sampling."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="Stage-C (effnet) VAE, needed only with image (e.g. from the stage-C checkpoint)."),
+                             tooltip="Only needed with image. The stage-C (effnet) VAE, e.g. from the stage-C "
+                                     "checkpoint."),
             ],
             outputs=[io.Latent.Output(display_name="stage_c",
-                                      tooltip="Stage-C latent at ceil(H/42.67) x ceil(W/42.67) for StableCascade_StageB_Conditioning."),
+                                      tooltip="Connect to StableCascade_StageB_Conditioning. Stage-C latent at "
+                                              "ceil(H/42.67) x ceil(W/42.67)."),
                      io.Latent.Output(display_name="stage_b",
-                                      tooltip="Empty stage-B latent (B, 4, ceil(H/4), ceil(W/4)) for the stage-B KSampler: decodes to exactly width x height."),
-                     io.Latent.Output(display_name="lr_stage_c", tooltip="The LR pass's stage-C latent (for previews).")],
+                                      tooltip="Connect to the latent_image of the stage-B KSampler: decodes to exactly "
+                                              "width x height. Empty stage-B latent (B, 4, ceil(H/4), ceil(W/4))."),
+                     io.Latent.Output(display_name="lr_stage_c",
+                                      tooltip="The small low-resolution picture, for a quick preview. The LR pass's "
+                                              "stage-C latent.")],
         )
 
     @classmethod
