@@ -52,9 +52,12 @@ def make_blueprint(page, workflow: dict, ids: list[int], overrides: dict, name: 
         node.title = name;
         node.subgraph.name = name;
         const {nodes: serialised, subgraphs} = app.canvas._serializeItems([node]);
-        return {revision: 0, last_node_id: node.id, last_link_id: 0, nodes: serialised, links: [], version: 0.4,
-                definitions: {subgraphs}};
+        // As JSON text: that drops the undefined fields (Playwright would turn them into nulls, which
+        // the frontend's workflow schema rejects).
+        return JSON.stringify({revision: 0, last_node_id: node.id, last_link_id: 0, nodes: serialised, links: [],
+                               version: 0.4, definitions: {subgraphs}});
     }""", [ids, name])
+    blueprint = json.loads(blueprint)
     blueprint["extra"] = {"BlueprintDescription": description}
     return blueprint
 

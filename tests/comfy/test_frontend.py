@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,7 @@ import pytest
 from harness.comfy_host import PACK_ROOT, comfy_dir_option
 from harness.comfy_server import comfy_server, get_json
 from harness.frontend import CHROMIUM, load_workflow, open_frontend, screenshot_graph
-
-WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
+from harness.pack import DEMO_WORKFLOW, WORKFLOWS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_templates_are_served(frontend):
     listed = get_json(f"{base}/api/workflow_templates").get("ultrares", [])
     assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
     for name in listed:
-        assert get_json(f"{base}/api/workflow_templates/ultrares/{name}.json")["nodes"]
+        assert get_json(f"{base}/api/workflow_templates/ultrares/{urllib.parse.quote(name)}.json")["nodes"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -53,9 +55,6 @@ def test_workflow_loads_without_missing_nodes(frontend, path):
         assert (saved[node["id"]].get("widgets_values") or []) == (node.get("widgets_values") or []), node["type"]
     screenshot_graph(page, screenshot_dir() / f"{path.stem}.png")
     assert not [e for e in errors if e.startswith("dialog")], errors
-
-
-DEMO_WORKFLOW = PACK_ROOT / "workflows" / "ultrares_demo_cpu_512.json"
 
 
 def graph_to_client(page, node_id: int, dx: float, dy: float) -> tuple[float, float]:
@@ -77,7 +76,7 @@ def hover_tooltip(page, x: float, y: float) -> str:
 
 
 def test_templates_browser_lists_and_opens_the_pack_templates(frontend):
-    _, page, errors = frontend
+    base, page, errors = frontend
     errors.clear()
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     dialog = page.get_by_role("dialog")
@@ -85,6 +84,14 @@ def test_templates_browser_lists_and_opens_the_pack_templates(frontend):
     for path in WORKFLOWS:
         dialog.get_by_text(path.stem, exact=True).wait_for(timeout=10_000)
     assert f"Showing {len(WORKFLOWS)} of {len(WORKFLOWS)} templates" in dialog.inner_text()
+    # The cards show their pictures: the same-name 640x480 JPEG of every template is served, and
+    # the cards in view have loaded theirs.
+    for path in WORKFLOWS:
+        with urllib.request.urlopen(f"{base}/api/workflow_templates/ultrares/{urllib.parse.quote(path.stem)}.jpg",
+                                    timeout=10) as r:
+            assert r.read(3) == b"\xff\xd8\xff", path.stem
+    page.wait_for_function("""(n) => [...document.querySelectorAll('[role=dialog] img')]
+        .filter(i => i.complete && i.naturalWidth === 640).length >= n""", arg=min(8, len(WORKFLOWS)), timeout=20_000)
     screenshot_graph(page, screenshot_dir() / "templates_browser_ultrares.png")
     # Opening a card loads that workflow, as a user does.
     dialog.get_by_text(DEMO_WORKFLOW.stem, exact=True).click()
@@ -149,5 +156,89 @@ def test_demo_workflow_queued_from_the_ui_shows_images_and_pack_progress(fronten
         const imgs = app.graph.getNodeById(id).imgs;
         return imgs && imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);
     })""", arg=saves, timeout=30_000)
-    screenshot_graph(page, screenshot_dir() / "ultrares_demo_cpu_512_after_run.png")
+    screenshot_graph(page, screenshot_dir() / "demo_workflow_after_run.png")
     assert not [e for e in errors if e.startswith("dialog")], errors
+
+
+PACK_NODES = sorted(p.stem for p in (PACK_ROOT / "web" / "docs").glob("UltraRes_*.md"))
+
+
+def test_every_pack_node_has_a_help_page_with_its_pictures(frontend):
+    base, _, _ = frontend
+    info = get_json(f"{base}/api/object_info")
+    ours = sorted(k for k, v in info.items() if v["python_module"] == "custom_nodes.ultrares")
+    assert ours and PACK_NODES == ours, "one web/docs/<node_id>.md per node"
+    for node_id in ours:
+        # The URL the frontend's help panel asks for (folder name of the pack, then the node id).
+        with urllib.request.urlopen(f"{base}/extensions/ultrares/docs/{node_id}.md", timeout=10) as r:
+            page = r.read().decode()
+        assert page.startswith("# "), node_id
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
+            with urllib.request.urlopen(f"{base}/extensions/ultrares/docs/{image}", timeout=10) as r:
+                assert r.status == 200 and r.read(4) in (b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\x89PNG"), image
+
+
+def test_help_panel_shows_the_pack_page_for_a_selected_node(frontend):
+    _, page, errors = frontend
+    load_workflow(page, json.loads(DEMO_WORKFLOW.read_text()))
+    page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'UltraRes_PixelsmithUpscale');
+        app.canvas.deselectAll(); app.canvas.select(n); app.canvas.setDirty(true, true); }""")
+    page.locator('[data-testid="info-button"]').first.click(timeout=10_000)
+    heading = (PACK_ROOT / "web" / "docs" / "UltraRes_PixelsmithUpscale.md").read_text().splitlines()[0][2:].strip()
+    panel = page.locator(".markdown-content, .node-help-content, [class*='help']").filter(has_text=heading).first
+    panel.wait_for(state="visible", timeout=15_000)
+    page.wait_for_timeout(500)  # let the page's pictures load
+    page.screenshot(path=str(screenshot_dir() / "help_panel_pixelsmith_upscale.png"))
+
+
+UP_WORKFLOW = next(p for p in WORKFLOWS if p.stem.startswith("UltraPixel - ") and "4096" in p.stem)
+
+
+def test_missing_models_are_all_named_with_their_download_on_load(frontend):
+    _, page, _ = frontend
+    workflow = json.loads(UP_WORKFLOW.read_text())
+    warning = "Comfy.Workflow.ShowMissingModelsWarning"
+    page.evaluate("(key) => app.extensionManager.setting.set(key, true)", warning)
+    try:
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        dialog = page.locator('[role=dialog][aria-labelledby="global-missing-models-warning"]')
+        dialog.wait_for(state="visible", timeout=15_000)
+        text = dialog.inner_text()
+        files = {m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
+        assert len(files) == 5 and all(name in text for name in files), text
+        page.screenshot(path=str(screenshot_dir() / "missing_models_ultrapixel_4096.png"))
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=10_000)
+    finally:
+        page.evaluate("(key) => app.extensionManager.setting.set(key, false)", warning)
+
+
+BLUEPRINTS = sorted((PACK_ROOT / "subgraphs").glob("*.json"))
+
+
+def test_blueprints_are_served_and_load_as_one_node_of_pack_nodes(frontend):
+    base, page, errors = frontend
+    served = get_json(f"{base}/api/global_subgraphs")
+    assert sorted(e["name"] for e in served.values()) == sorted(p.stem for p in BLUEPRINTS)
+    assert len(BLUEPRINTS) >= 3
+    for path in BLUEPRINTS:
+        errors.clear()
+        state = page.evaluate("""async (wf) => { await app.loadGraphData(wf);
+            const outer = app.graph._nodes, inner = outer[0].subgraph?.nodes ?? [];
+            return {outer: outer.length, inner: inner.map(n => n.type), desc: wf.extra.BlueprintDescription,
+                    missing: inner.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)}; }""",
+                              json.loads(path.read_text()))
+        assert state["outer"] == 1 and len(state["inner"]) >= 2 and not state["missing"], (path.stem, state)
+        assert any(t.startswith("UltraRes_") for t in state["inner"]) and state["desc"], path.stem
+        assert not [e for e in errors if e.startswith("dialog")], errors
+        # The frontend validates a loaded workflow against its schema and says so in a toast.
+        toasts = page.evaluate("() => [...document.querySelectorAll('.p-toast')].map(t => t.innerText).join(' ')")
+        assert "Invalid workflow" not in toasts, (path.stem, toasts)
+    # The node library lists them in its "Subgraph Blueprints" folder.
+    page.keyboard.press("Escape")
+    page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
+    page.get_by_text("Subgraph Blueprints").first.click(timeout=10_000)
+    for path in BLUEPRINTS:
+        page.get_by_text(path.stem).first.wait_for(timeout=10_000)
+    page.screenshot(path=str(screenshot_dir() / "blueprints_in_node_library.png"))
+    page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
