@@ -27,6 +27,8 @@ from ..kernels.weights_file import DamagedWeightsError
 from ._schema import advanced
 
 FOLDER = "ultrapixel"
+# Where the authors publish the weights (named in the tooltip and in the missing-file message).
+RELEASE_URL = "https://huggingface.co/roubaofeipi/UltraPixel"
 ULTRAPIXEL_MODEL = io.Custom("ULTRAPIXEL_MODEL")
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -91,7 +93,8 @@ class UltraPixelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("ultrapixel_name", options=folder_paths.get_filename_list(FOLDER),
                                tooltip="The UltraPixel weights file; pick ultrapixel_t2i.safetensors from "
-                                       "models/ultrapixel. Pickle or safetensors, detected from the file contents."),
+                                       f"models/ultrapixel (download it from {RELEASE_URL}). Pickle or "
+                                       "safetensors, detected from the file contents."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
                                tooltip="Leave on default; the others force one precision for these small modules. "
                                        "Compute dtype of the added modules: default = follow the stage-C model at "
@@ -109,7 +112,8 @@ class UltraPixelLoader(io.ComfyNode):
         path = folder_paths.get_full_path(FOLDER, ultrapixel_name)
         if path is None:
             raise ValueError(f"ultrapixel_name: {ultrapixel_name!r} is not in the models/ultrapixel folders "
-                             f"({', '.join(folder_paths.get_folder_paths(FOLDER))}).")
+                             f"({', '.join(folder_paths.get_folder_paths(FOLDER))}). Download "
+                             f"ultrapixel_t2i.safetensors from {RELEASE_URL} into one of them.")
         if weight_dtype not in DTYPES:
             raise ValueError(f"weight_dtype: expected one of {list(DTYPES)}, got {weight_dtype!r}.")
         folder = f"models/ultrapixel ({os.path.dirname(path)})"
