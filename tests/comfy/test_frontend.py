@@ -181,8 +181,11 @@ def test_every_pack_node_has_a_help_page_with_its_pictures(frontend):
 def test_help_panel_shows_the_pack_page_for_a_selected_node(frontend):
     _, page, errors = frontend
     load_workflow(page, json.loads(DEMO_WORKFLOW.read_text()))
-    page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'UltraRes_PixelsmithUpscale');
-        app.canvas.deselectAll(); app.canvas.select(n); app.canvas.setDirty(true, true); }""")
+    node_id = page.evaluate("() => app.graph._nodes.find(n => n.type === 'UltraRes_PixelsmithUpscale').id")
+    page.evaluate("""(id) => { const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+        ds.scale = 1.0; ds.offset = [500 - n.pos[0], 300 - n.pos[1]]; app.canvas.setDirty(true, true); }""", node_id)
+    page.wait_for_timeout(300)
+    page.mouse.click(*graph_to_client(page, node_id, 60, -15))  # select it by its title, as a user does
     page.locator('[data-testid="info-button"]').first.click(timeout=10_000)
     heading = (PACK_ROOT / "web" / "docs" / "UltraRes_PixelsmithUpscale.md").read_text().splitlines()[0][2:].strip()
     panel = page.locator(".markdown-content, .node-help-content, [class*='help']").filter(has_text=heading).first
