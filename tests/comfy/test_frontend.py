@@ -237,8 +237,10 @@ def test_blueprints_are_served_and_load_as_one_node_of_pack_nodes(frontend):
         # The frontend validates a loaded workflow against its schema and says so in a toast.
         toasts = page.evaluate("() => [...document.querySelectorAll('.p-toast')].map(t => t.innerText).join(' ')")
         assert "Invalid workflow" not in toasts, (path.stem, toasts)
-    # The node library lists them in its "Subgraph Blueprints" folder.
-    page.keyboard.press("Escape")
+    # The node library lists them in its "Subgraph Blueprints" folder (from a fresh page: an earlier
+    # test may have left the library open on a help page).
+    page.reload()
+    page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=90_000)
     page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
     page.get_by_text("Subgraph Blueprints").first.click(timeout=10_000)
     for path in BLUEPRINTS:
