@@ -5,7 +5,7 @@
 ComfyUI's Templates browser shows a custom pack's template by its file name and a same-name JPEG,
 and reads nothing else from the pack. So each card carries what an artist needs to choose: the
 method's result (rendered here by the demo workflow on the built-in demo model, and labelled so),
-and the model files the workflow loads (from its loaders' ``properties.models``).
+and the model files the workflow loads (``model_files``: its loaders' ``properties.models``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness.comfy_host import ComfyHost  # noqa: E402
 from harness.pack import DEMO_WORKFLOW, PACK_ROOT, WORKFLOWS  # noqa: E402
-from harness.workflow_format import load_prompt  # noqa: E402
+from harness.workflow_format import load_prompt, model_files  # noqa: E402
 
 CARD = (640, 480)
 PICTURE_H = 340
@@ -40,10 +40,6 @@ def render_demo(comfyui: str) -> dict:
     result = host.run(prompt)
     return {node["inputs"]["filename_prefix"].split("/")[-1]: host.saved_images(result, node_id)[0]
             for node_id, node in prompt.items() if node["class_type"] == "SaveImage"}
-
-
-def needed_files(workflow: dict) -> list[str]:
-    return sorted({m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])})
 
 
 def wrapped(draw, text: str, font, width: int) -> list[str]:
@@ -81,7 +77,7 @@ def card(path: Path, images: dict):
         y += 100
         caption = "no picture: the demo model has no UltraPixel weights"
     lines = [(line, 24, "#e8eaed") for line in wrapped(draw, path.stem.split(" - ", 1)[-1], font[24], CARD[0] - 32)]
-    files = needed_files(json.loads(path.read_text()))
+    files = model_files(json.loads(path.read_text()))
     lines += [(line, 17, "#e8eaed") for line in wrapped(draw, "needs: " + (", ".join(files) or "nothing to download"),
                                                          font[17], CARD[0] - 32)]
     lines.append((caption, 17, "#9aa0a6"))

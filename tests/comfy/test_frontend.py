@@ -12,8 +12,9 @@ import pytest
 
 from harness.comfy_host import PACK_ROOT, comfy_dir_option
 from harness.comfy_server import comfy_server, get_json
-from harness.frontend import CHROMIUM, load_workflow, open_frontend, screenshot_graph
+from harness.frontend import CHROMIUM, load_workflow, open_frontend, screenshot_graph, wait_for_app
 from harness.pack import DEMO_WORKFLOW, WORKFLOWS
+from harness.workflow_format import model_files
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def test_missing_models_are_all_named_with_their_download_on_load(frontend):
         dialog = page.locator('[role=dialog][aria-labelledby="global-missing-models-warning"]')
         dialog.wait_for(state="visible", timeout=15_000)
         text = dialog.inner_text()
-        files = {m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
+        files = model_files(workflow)
         assert len(files) == 5 and all(name in text for name in files), text
         page.screenshot(path=str(screenshot_dir() / "missing_models_ultrapixel_4096.png"))
         page.keyboard.press("Escape")
@@ -240,7 +241,7 @@ def test_blueprints_are_served_and_load_as_one_node_of_pack_nodes(frontend):
     # The node library lists them in its "Subgraph Blueprints" folder (from a fresh page: an earlier
     # test may have left the library open on a help page).
     page.reload()
-    page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=90_000)
+    wait_for_app(page)
     page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
     page.get_by_text("Subgraph Blueprints").first.click(timeout=10_000)
     for path in BLUEPRINTS:

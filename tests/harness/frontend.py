@@ -33,10 +33,15 @@ def open_frontend(base: str, errors: list[str] | None = None):
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
             page.goto(base)
-            page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=90_000)
+            wait_for_app(page)
             yield page
         finally:
             browser.close()
+
+
+def wait_for_app(page) -> None:
+    """Wait until the frontend's app and graph are up (after a page load or reload)."""
+    page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=90_000)
 
 
 def load_workflow(page, workflow: dict) -> dict:

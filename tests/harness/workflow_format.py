@@ -122,3 +122,8 @@ def load_prompt(path: Path, host) -> dict:
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return data
     raise WorkflowError(f"{path} is neither a UI-format workflow nor an API-format prompt")
+
+
+def model_files(workflow: dict) -> list[str]:
+    """The model files a UI workflow's loaders name in ``properties.models`` (download metadata)."""
+    return sorted({m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])})
