@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +49,32 @@ def decoder_guide_scale(height: int, width: int) -> float:
     return 0.3
 
 
-def guide_scale(point: str, height: int, width: int) -> float:
-    """s for an injection point at inference: 1 on the encoder (E*), the decoder rule on D*."""
+def guide_scale(point: str, height: int, width: int, decoder: float | None = None) -> float:
+    """s for an injection point at inference: 1 on the encoder (E*), on D* ``decoder`` or, when
+    None, the decoder rule of :func:`decoder_guide_scale`."""
     if point not in STAGE_C_BLOCKS:
         raise ValueError(f"unknown UltraPixel injection point {point!r}; expected one of {INJECTION_POINTS}")
-    return decoder_guide_scale(height, width) if point.startswith("D") else 1.0
+    if not point.startswith("D"):
+        return 1.0
+    return decoder_guide_scale(height, width) if decoder is None else float(decoder)
+
+
+@dataclass(frozen=True)
+class NormSettings:
+    """How the HR pass applies the scale-aware norm and the decoder guidance weight.
+
+    Attributes:
+        sigma_s: SAN scale; None = from the HR size, ``sqrt(log_576 N_H)`` (the paper, Eq. (4)).
+        san: False skips SAN (u after the LayerNorm is used as is), for comparison only.
+        decoder_strength: s on the decoder points; None = the 0.3 / 0.5 / 0.7 rule by size.
+    """
+
+    sigma_s: float | None = None
+    san: bool = True
+    decoder_strength: float | None = None
+
+
+PAPER_NORM = NormSettings()
 
 
 def inject_guidance(x: Tensor, u: Tensor, s: float = 1.0) -> Tensor:
@@ -185,20 +207,23 @@ class GuidanceFusionModule(nn.Module):
 
     # Guidance fusion, time modulation, scale-aware norm (Eqs. (2)-(4))
 
-    def fuse(self, f: Tensor, g_up: Tensor, t_emb: Tensor) -> Tensor:
+    def fuse(self, f: Tensor, g_up: Tensor, t_emb: Tensor, norm: NormSettings = PAPER_NORM) -> Tensor:
         """u = SAN(LN(MLP_fuse([g'; f]) * (1 + a_t) + b_t)); the caller adds ``x + s * u``.
 
         Args:
             f: (B, C, H_c, W_c) HR feature (output of the AttnBlock).
             g_up: (B, C, H_c, W_c) upscaled guidance g'.
             t_emb: (B, time_dim) embedding of the HR step's r (:func:`.ultrapixel_norm.r_embedding`).
+            norm: the SAN scale (or SAN off); the default is the paper's.
         """
         if g_up.shape != f.shape:
             raise ValueError(f"upscaled guidance {tuple(g_up.shape)} does not match the HR feature {tuple(f.shape)}")
         u = self.toout(torch.cat([g_up, f], dim=1).movedim(1, -1)).movedim(-1, 1)  # (B, C, H_c, W_c)
         u = self.mapp_t(u, t_emb)  # time modulation, Eq. (3)
         u = channel_layer_norm(u)
-        return self.hr_norm(u)  # scale-aware normalization, Eq. (4)
+        if not norm.san:
+            return u
+        return self.hr_norm(u, norm.sigma_s)  # scale-aware normalization, Eq. (4)
 
     def forward(self, f: Tensor, g: Tensor, t_emb: Tensor, g_up: Tensor | None = None) -> Tensor:
         """u for HR feature f (B, C, H_c, W_c) and LR feature g (B, C, h, w); pass ``g_up`` to reuse g'."""

@@ -103,7 +103,13 @@ class ScaleAwareNorm(nn.Module):
         sigma_s = torch.full((batch,), scale_value(height, width, self.n_base), device=device)
         return r_embedding(sigma_s, self.c_scale)
 
-    def forward(self, u: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W); the scale comes from u's spatial size."""
-        e_s = self.scale_embedding(u.shape[-2], u.shape[-1], u.shape[0], u.device)  # (B, c_scale)
+    def forward(self, u: Tensor, sigma_s: float | None = None) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W).
+
+        ``sigma_s`` None: the scale comes from u's spatial size (the paper); a number sets it.
+        """
+        if sigma_s is None:
+            e_s = self.scale_embedding(u.shape[-2], u.shape[-1], u.shape[0], u.device)  # (B, c_scale)
+        else:
+            e_s = r_embedding(torch.full((u.shape[0],), float(sigma_s), device=u.device), self.c_scale)
         return self.mapping(u, e_s) + u

@@ -14,10 +14,12 @@ from comfy_api.latest import io
 from ._checks import check_numbers
 from ._schema import advanced
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
-from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, LRFeatures, check_compatible, inject_clone
+from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, ULTRAPIXEL_NORM, LRFeatures, check_compatible, inject_clone
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
+
+    from ..kernels.ultrapixel import NormSettings
 
 
 class UltraPixelApply(io.ComfyNode):
@@ -49,6 +51,9 @@ class UltraPixelApply(io.ComfyNode):
                                        "of the paper's CFG rescale, installed as the sampler CFG function (0 = stock "
                                        "CFG).",
                                **advanced()),
+                ULTRAPIXEL_NORM.Input("norm", optional=True,
+                                      tooltip="Optional: UltraPixel Scale-Aware Norm, to set the norm's scale or the "
+                                              "decoder guidance weight; without it, the paper's (auto)."),
             ],
             outputs=[io.Model.Output(tooltip="Connect to your sampler (e.g. KSampler) for the high-resolution stage-C "
                                              "pass. Stage C with UltraPixel guidance at E0, E1, D0, D1.")],
@@ -56,10 +61,10 @@ class UltraPixelApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: ModelPatcher, ultrapixel_model: UltraPixelModel, guidance: LRFeatures,
-                cfg_rescale: float) -> io.NodeOutput:
+                cfg_rescale: float, norm: NormSettings | None = None) -> io.NodeOutput:
         check_numbers(cls, locals())
         check_compatible(model, ultrapixel_model, guidance)
-        clone, _ = inject_clone(model, ultrapixel_model, guidance, float(cfg_rescale))
+        clone, _ = inject_clone(model, ultrapixel_model, guidance, float(cfg_rescale), norm)
         return io.NodeOutput(clone)
 
 

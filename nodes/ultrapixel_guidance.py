@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ._checks import check_numbers
 from ._stage import StageProgress
-from .ultrapixel_passes import lr_pass, sampling_inputs, validate_size
+from .ultrapixel_passes import lr_pass, lr_size_input, sampling_inputs, validate_size
 from .ultrapixel_patch import ULTRAPIXEL_GUIDANCE, check_compatible
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ class UltraPixelLRGuidance(io.ComfyNode):
                     *sampling_inputs(),
                     io.Latent.Input("lr_latent", optional=True,
                                     tooltip="Optional: a picture to start from (img2img), as a stage-C latent; it is "
-                                            "used as the LR image, resized to the LR latent size.")],
+                                            "used as the LR image, resized to the LR latent size."),
+                    lr_size_input()],
             outputs=[ULTRAPIXEL_GUIDANCE.Output(display_name="guidance",
                                                 tooltip="Connect to UltraPixel INR Upscale or UltraPixel Apply. LR "
                                                         "features g at E0, E1, D0, D1 (cond half, last LR step)."),
@@ -55,13 +56,13 @@ class UltraPixelLRGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelPatcher, positive: Any, negative: Any, width: int, height: int, seed: int,
                 steps: int, cfg: float, cfg_rescale: float, shift: float,
-                lr_latent: dict | None = None) -> io.NodeOutput:
+                lr_latent: dict | None = None, lr_size: int = 1024) -> io.NodeOutput:
         check_numbers(cls, locals())
-        validate_size(width, height)
+        validate_size(width, height, lr_size)
         check_compatible(model)
         with StageProgress(model, steps, "UltraPixel LR Guidance") as progress:
             guidance, x0, _ = lr_pass(model, positive, negative, width, height, 1, seed, steps, cfg, cfg_rescale,
-                                      shift, lr_latent=lr_latent, progress=progress)
+                                      shift, lr_latent=lr_latent, progress=progress, lr_size=lr_size)
         return io.NodeOutput(guidance, {"samples": x0})
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 MIN_RES = 64  # tests and previews; UltraPixel targets 2048 px and above
 MAX_RES = 16384
+LR_SIZE = 1024  # the LR picture of a square target: stage C's native size (official inference/utils.py:28-38)
 
 
 class ModelSamplingUltraPixel(comfy.model_sampling.StableCascadeSampling, comfy.model_sampling.EPS):
@@ -82,12 +83,20 @@ def stage_b_latent(batch: int, width: int, height: int) -> torch.Tensor:
     return torch.zeros(batch, 4, -(-height // 4), -(-width // 4))
 
 
-def validate_size(width: int, height: int) -> None:
+def lr_latent_size(width: int, height: int, lr_size: int = LR_SIZE) -> tuple[int, int]:
+    """Stage-C latent (h, w) of the LR pass: UltraPixel's LR pixel size for the target's aspect ratio,
+    with ``lr_size`` px the side of a square target's LR picture (1024 for Stable Cascade)."""
+    return stage_c_latent_size(*lr_pixel_size(height, width, lr_size // 32))
+
+
+def validate_size(width: int, height: int, lr_size: int = LR_SIZE) -> None:
     """ValueError naming width/height when out of range or too elongated for the LR position table."""
     for name, v in (("width", width), ("height", height)):
         if not MIN_RES <= v <= MAX_RES:
             raise ValueError(f"{name}: {v} px is outside {MIN_RES}..{MAX_RES}.")
-    lr_h, lr_w = stage_c_latent_size(*lr_pixel_size(height, width))
+    if lr_size % 32:
+        raise ValueError(f"lr_size: {lr_size} px is not a multiple of 32 (UltraPixel's LR sizes are); try 1024.")
+    lr_h, lr_w = lr_latent_size(width, height, lr_size)
     if lr_h * lr_w > 32 * 32 or min(lr_h, lr_w) < 1:
         raise ValueError(f"width/height: aspect ratio {width}:{height} is too extreme for UltraPixel "
                          f"(LR latent {lr_h}x{lr_w} exceeds the 32² position table).")
@@ -103,7 +112,8 @@ def lr_source(lr_latent: dict, lr_size: tuple[int, int]) -> torch.Tensor:
 
 def lr_pass(model: ModelPatcher, positive: Any, negative: Any, width: int, height: int, batch: int, seed: int,
             steps: int, cfg: float, cfg_rescale: float, shift: float, lr_latent: dict | None = None,
-            progress: StageProgress | None = None) -> tuple[LRFeatures, torch.Tensor, torch.Tensor]:
+            progress: StageProgress | None = None,
+            lr_size: int = LR_SIZE) -> tuple[LRFeatures, torch.Tensor, torch.Tensor]:
     """Run the LR pass and capture the guidance. Returns (guidance, LR x0 latent, HR noise).
 
     Text-to-image: full ``steps``-step DDPM sampling at UltraPixel's LR size (Sec. 3; the official
@@ -111,7 +121,7 @@ def lr_pass(model: ModelPatcher, positive: Any, negative: Any, width: int, heigh
     LR step's sigma and one step is run, the training-time procedure (official
     ``train/train_t2i.py:414-432``), so the features describe that latent.
     """
-    lr_c = stage_c_latent_size(*lr_pixel_size(height, width))
+    lr_c = lr_latent_size(width, height, lr_size)
     hr_c = stage_c_latent_size(height, width)
     lr_samples = None
     if lr_latent is not None:
@@ -136,6 +146,15 @@ def lr_pass(model: ModelPatcher, positive: Any, negative: Any, width: int, heigh
 
 
 # Inputs shared by the LR Guidance and Stage C nodes
+
+
+def lr_size_input() -> io.Int.Input:
+    """The LR pass's size (the last input of the LR Guidance and Stage C nodes, so saved workflows keep theirs)."""
+    return io.Int.Input("lr_size", default=LR_SIZE, min=256, max=2048, step=32, optional=True,
+                        tooltip="Leave at 1024 for Stable Cascade. The side in px of the low-resolution picture "
+                                "(for a square target; other aspect ratios keep its area): the size your stage C "
+                                "draws best at, 1024 for the released model, 512 for the demo model.",
+                        **advanced())
 
 SIZE_TIP = ("The {} of the final picture in px; try 2048. UltraPixel was trained up to 4096-6144 px; "
             "stage-C latent = ceil(px / 42.67), stage B/A decode to this size.")

@@ -23,7 +23,7 @@ from comfy.ldm.cascade.common import AttnBlock
 from comfy.ldm.cascade.stage_c import StageC
 from comfy_api.latest import io
 
-from ..kernels.ultrapixel import GuidanceFusionModule, guide_scale, inject_guidance
+from ..kernels.ultrapixel import PAPER_NORM, GuidanceFusionModule, NormSettings, guide_scale, inject_guidance
 from ..kernels.ultrapixel_config import INJECTION_POINTS, STAGE_C_BLOCKS
 from ..kernels.ultrapixel_norm import r_embedding
 from ..kernels.ultrapixel_sampling import cfg_rescale
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
 
 ULTRAPIXEL_GUIDANCE = io.Custom("ULTRAPIXEL_GUIDANCE")
+ULTRAPIXEL_NORM = io.Custom("ULTRAPIXEL_NORM")  # a kernels.ultrapixel.NormSettings
 PATCH_KEYS = {p: f"diffusion_model.{name}" for p, name in STAGE_C_BLOCKS.items()}
 WRAPPER_KEY = "ultrares_ultrapixel"
 
@@ -192,10 +193,12 @@ class InjectHook:
     patched later (e.g. by ModelSamplingStableCascade).
     """
 
-    def __init__(self, up_model: UltraPixelModel, guidance: LRFeatures, model_sampling: Any):
+    def __init__(self, up_model: UltraPixelModel, guidance: LRFeatures, model_sampling: Any,
+                 norm: NormSettings = PAPER_NORM):
         self.up_model = up_model
         self.guidance = guidance
         self.model_sampling = model_sampling
+        self.norm = norm
         self.modules: dict[tuple, GuidanceFusionModule] = {}
         self.g_up: dict[tuple, torch.Tensor] = {}
 
@@ -240,8 +243,8 @@ class InjectHook:
         r = self.model_sampling.timestep(sigmas.to(out.device).float()).expand(out.shape[0])
         t_emb = r_embedding(r, module.config.time_dim)
         with torch.no_grad():
-            u = module.fuse(out.to(dtype), g_full, t_emb.to(dtype)).to(out.dtype)
-        return inject_guidance(out, u, guide_scale(point, *size))
+            u = module.fuse(out.to(dtype), g_full, t_emb.to(dtype), self.norm).to(out.dtype)
+        return inject_guidance(out, u, guide_scale(point, *size, self.norm.decoder_strength))
 
 
 def rescale_cfg_function(rho: float) -> Callable[[dict], torch.Tensor]:
@@ -253,10 +256,11 @@ def rescale_cfg_function(rho: float) -> Callable[[dict], torch.Tensor]:
     return cfg_function
 
 
-def inject_clone(model: ModelPatcher, up_model: UltraPixelModel, guidance: LRFeatures,
-                 rescale: float) -> tuple[ModelPatcher, InjectHook]:
-    """(clone, hook): the HR-pass model with the four injection patches (and the CFG rescale ``rescale``)."""
-    hook = InjectHook(up_model, guidance, model.get_model_object("model_sampling"))
+def inject_clone(model: ModelPatcher, up_model: UltraPixelModel, guidance: LRFeatures, rescale: float,
+                 norm: NormSettings | None = None) -> tuple[ModelPatcher, InjectHook]:
+    """(clone, hook): the HR-pass model with the four injection patches (and the CFG rescale ``rescale``);
+    ``norm`` None is the paper's scale-aware norm and decoder weight."""
+    hook = InjectHook(up_model, guidance, model.get_model_object("model_sampling"), norm or PAPER_NORM)
     clone = patched_clone(model, hook)
     if rescale > 0.0:
         clone.set_model_sampler_cfg_function(rescale_cfg_function(rescale))

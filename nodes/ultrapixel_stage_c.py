@@ -15,12 +15,14 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.ultrapixel import lr_pixel_size, stage_c_latent_size
 from ._checks import check_numbers, check_vae_matches_model
 from ._stage import StageProgress
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel
 from .ultrapixel_passes import (
+    LR_SIZE,
+    lr_latent_size,
     lr_pass,
+    lr_size_input,
     official_sigmas,
     sample_pass,
     sampling_inputs,
@@ -28,11 +30,13 @@ from .ultrapixel_passes import (
     validate_size,
     with_shift,
 )
-from .ultrapixel_patch import check_compatible, inject_clone
+from .ultrapixel_patch import ULTRAPIXEL_NORM, check_compatible, inject_clone
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
     from comfy.sd import VAE
+
+    from ..kernels.ultrapixel import NormSettings
 
 EFFNET_PX = 32  # stage-C effnet encoder: one latent cell per 32 px
 
@@ -75,6 +79,10 @@ class UltraPixelStageC(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="Only needed with image. The stage-C (effnet) VAE, e.g. from the stage-C "
                                      "checkpoint."),
+                ULTRAPIXEL_NORM.Input("norm", optional=True,
+                                      tooltip="Optional: UltraPixel Scale-Aware Norm, to set the norm's scale or the "
+                                              "decoder guidance weight; without it, the paper's (auto)."),
+                lr_size_input(),
             ],
             outputs=[io.Latent.Output(display_name="stage_c",
                                       tooltip="Connect to StableCascade_StageB_Conditioning. Stage-C latent at "
@@ -90,9 +98,10 @@ class UltraPixelStageC(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelPatcher, ultrapixel_model: UltraPixelModel, positive: Any, negative: Any,
                 width: int, height: int, seed: int, steps: int, cfg: float, cfg_rescale: float, shift: float,
-                batch_size: int, image: torch.Tensor | None = None, vae: VAE | None = None) -> io.NodeOutput:
+                batch_size: int, image: torch.Tensor | None = None, vae: VAE | None = None,
+                norm: NormSettings | None = None, lr_size: int = LR_SIZE) -> io.NodeOutput:
         check_numbers(cls, locals())
-        validate_size(width, height)
+        validate_size(width, height, lr_size)
         check_compatible(model, ultrapixel_model)
         lr_latent = None
         if image is not None:
@@ -102,13 +111,14 @@ class UltraPixelStageC(io.ComfyNode):
             if int(vae.spacial_compression_encode()) != EFFNET_PX:
                 raise ValueError(f"vae: this VAE encodes {vae.spacial_compression_encode()} px per latent cell, the "
                                  f"stage-C (effnet) VAE {EFFNET_PX}; connect the VAE of the stage-C checkpoint.")
-            lr_latent = encode_lr_image(image, vae, stage_c_latent_size(*lr_pixel_size(height, width)))
+            lr_latent = encode_lr_image(image, vae, lr_latent_size(width, height, lr_size))
         sampled = with_shift(model, shift)
         # LR + HR; img2img's single LR step advances the bar by `steps`
         with StageProgress(model, 2 * steps, "UltraPixel Stage C") as progress:
             guidance, lr_x0, hr_noise = lr_pass(sampled, positive, negative, width, height, batch_size, seed, steps,
-                                                cfg, cfg_rescale, shift, lr_latent=lr_latent, progress=progress)
-            hr_model, hook = inject_clone(sampled, ultrapixel_model, guidance, float(cfg_rescale))
+                                                cfg, cfg_rescale, shift, lr_latent=lr_latent, progress=progress,
+                                                lr_size=lr_size)
+            hr_model, hook = inject_clone(sampled, ultrapixel_model, guidance, float(cfg_rescale), norm)
             try:
                 sigmas = official_sigmas(sampled, steps)
                 hr = sample_pass(hr_model, hr_noise, positive, negative, cfg, sigmas, torch.zeros_like(hr_noise),
