@@ -46,15 +46,21 @@ def _signed_distance(kind: torch.Tensor, x: torch.Tensor, y: torch.Tensor, r: to
     return shapes.gather(0, kind.view(1, -1, 1, 1).expand(1, *x.shape)).squeeze(0)
 
 
-def render(classes: torch.Tensor, generator: torch.Generator, size: int = NATIVE_PX) -> torch.Tensor:
+def render(classes: torch.Tensor, generator: torch.Generator, size: int = NATIVE_PX,
+           texture_scale: float | None = None) -> torch.Tensor:
     """Images ``[B, 3, size, size]`` in [0, 1], one object of class ``classes[i]`` each.
 
     ``size`` other than ``NATIVE_PX`` renders the same layout distribution scaled to that side
-    (object radius and texture periods scale with it).
+    (object radius and, unless ``texture_scale`` is given, texture periods scale with it).
+    ``texture_scale`` fixes the texture periods at that multiple of ``STRIPE_PERIOD`` /
+    ``GRAIN_PERIOD`` px whatever the size: a larger picture of the same scene with the same fine
+    detail per pixel, as a high-resolution photograph has. The random draws do not depend on
+    ``size`` or ``texture_scale``, so one generator state renders one scene at any size.
     """
     g = generator
     b = classes.shape[0]
     s = size / NATIVE_PX
+    ts = s if texture_scale is None else texture_scale
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
                             torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
     yy, xx = yy.expand(b, -1, -1), xx.expand(b, -1, -1)
@@ -66,8 +72,8 @@ def render(classes: torch.Tensor, generator: torch.Generator, size: int = NATIVE
     t = (yy / size).unsqueeze(1)
     background = top * (1 - t) + bottom * t
     phase = torch.rand(b, 2, 1, 1, generator=g) * 2 * math.pi
-    grain = (torch.sin(2 * math.pi * xx.unsqueeze(1) / (GRAIN_PERIOD * s) + phase[:, :1])
-             * torch.sin(2 * math.pi * yy.unsqueeze(1) / (GRAIN_PERIOD * s) + phase[:, 1:]))
+    grain = (torch.sin(2 * math.pi * xx.unsqueeze(1) / (GRAIN_PERIOD * ts) + phase[:, :1])
+             * torch.sin(2 * math.pi * yy.unsqueeze(1) / (GRAIN_PERIOD * ts) + phase[:, 1:]))
     background = background + 0.05 * grain
     blotch = torch.randn(b, 1, 4, 4, generator=g)
     blotch = torch.nn.functional.interpolate(blotch, size=(size, size), mode="bicubic", align_corners=False)
@@ -82,7 +88,7 @@ def render(classes: torch.Tensor, generator: torch.Generator, size: int = NATIVE
     shade = (1.0 - 0.35 * (x + y) / (2 * radius)).clamp(0.5, 1.4).unsqueeze(1)
     angle = torch.rand(b, 1, 1, generator=g) * math.pi
     along = x * torch.cos(angle) + y * torch.sin(angle)
-    stripes = torch.sin(2 * math.pi * along / (STRIPE_PERIOD * s)).unsqueeze(1)
+    stripes = torch.sin(2 * math.pi * along / (STRIPE_PERIOD * ts)).unsqueeze(1)
     colour = CLASS_RGB[classes].view(b, 3, 1, 1)
     obj = colour * shade * (1.0 + 0.18 * stripes)
 

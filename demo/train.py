@@ -53,21 +53,29 @@ def log(msg: str) -> None:
     print(f"[demo.train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_vae(args, g: torch.Generator):
+def demo_images(n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` training images of the SDXL-class demo model (native size)."""
+    from .data import random_classes, render
+
+    return render(random_classes(n, g), g)
+
+
+def train_vae(args, g: torch.Generator, ddconfig: dict | None = None, embed_dim: int | None = None,
+              images=demo_images):
+    """ComfyUI's ``AutoencoderKL`` trained on random 64² crops of ``images(batch, g)``."""
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    from .data import random_classes, render
     from .spec import VAE_DDCONFIG, VAE_EMBED_DIM
 
-    vae = AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=VAE_EMBED_DIM)
+    vae = AutoencoderKL(ddconfig=dict(ddconfig or VAE_DDCONFIG), embed_dim=embed_dim or VAE_EMBED_DIM)
     reset_parameters_(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     crop = 64
     t0 = time.time()
     for step in range(args.vae_steps):
-        images = render(random_classes(args.vae_batch, g), g)
-        oy, ox = (torch.randint(0, images.shape[-1] - crop + 1, (2,), generator=g) // 8 * 8).tolist()
-        x = images[..., oy:oy + crop, ox:ox + crop] * 2 - 1
+        batch = images(args.vae_batch, g)
+        oy, ox = (torch.randint(0, batch.shape[-1] - crop + 1, (2,), generator=g) // 8 * 8).tolist()
+        x = batch[..., oy:oy + crop, ox:ox + crop] * 2 - 1
         mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)
         logvar = logvar.clamp(-30, 20)
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
@@ -88,18 +96,20 @@ def train_vae(args, g: torch.Generator):
 
 
 @torch.no_grad()
-def normalise_latent_(vae, g: torch.Generator, n: int = 512) -> None:
-    """Fold a per-channel affine map into quant_conv/post_quant_conv so latents match SDXL's scale."""
-    from .data import random_classes, render
+def normalise_latent_(vae, g: torch.Generator, n: int = 512, latent_scale: float | None = None,
+                      images=demo_images) -> None:
+    """Fold a per-channel affine map into quant_conv/post_quant_conv so that latents times
+    ``latent_scale`` (the model's latent format scale; SDXL's by default) have zero mean, unit variance."""
     from .spec import LATENT_SCALE
 
+    latent_scale = LATENT_SCALE if latent_scale is None else latent_scale
     means = []
     for _ in range(n // 64):
-        x = render(random_classes(64, g), g) * 2 - 1
+        x = images(64, g) * 2 - 1
         means.append(vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0])
     z = torch.cat(means)
     mu, sd = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
-    k = 1.0 / (LATENT_SCALE * sd)                       # new z = k (z - mu)
+    k = 1.0 / (latent_scale * sd)                       # new z = k (z - mu)
     c = mu.numel()
     qw, qb = vae.quant_conv.weight, vae.quant_conv.bias  # rows: [mean (c), logvar (c)]
     qw[:c] *= k.view(-1, 1, 1, 1)

@@ -153,7 +153,7 @@ def lr_size_input() -> io.Int.Input:
     return io.Int.Input("lr_size", default=LR_SIZE, min=256, max=2048, step=32, optional=True,
                         tooltip="Leave at 1024 for Stable Cascade. The side in px of the low-resolution picture "
                                 "(for a square target; other aspect ratios keep its area): the size your stage C "
-                                "draws best at, 1024 for the released model, 512 for the demo model.",
+                                "draws best at (1024 for the released model).",
                         **advanced())
 
 SIZE_TIP = ("The {} of the final picture in px; try 2048. UltraPixel was trained up to 4096-6144 px; "

@@ -240,7 +240,9 @@ class InjectHook:
         sigmas = transformer_options.get("sigmas")
         if sigmas is None:
             raise RuntimeError("UltraPixel: the sampler did not pass sigmas in transformer_options.")
-        r = self.model_sampling.timestep(sigmas.to(out.device).float()).expand(out.shape[0])
+        # ComfyUI passes one sigma per sample of x, before the cond/uncond chunks are stacked.
+        r = self.model_sampling.timestep(sigmas.to(out.device).float().reshape(-1))
+        r = r.expand(out.shape[0]) if r.numel() == 1 else r.repeat(out.shape[0] // r.numel())
         t_emb = r_embedding(r, module.config.time_dim)
         with torch.no_grad():
             u = module.fuse(out.to(dtype), g_full, t_emb.to(dtype), self.norm).to(out.dtype)

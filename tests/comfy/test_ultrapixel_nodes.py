@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, sampling
+from harness.ultrapixel_graphs import STEPS, by_tag, cascade, graph_builder, hr_graph, sampling
 
 
 def fixture_module(host):
@@ -116,25 +116,6 @@ def test_captured_features_are_the_conditional_half_at_the_last_step(host, ultra
 
 
 # Injection
-
-
-def hr_graph(zero_output: bool, patched: bool, seed=1):
-    """LR guidance -> INR upscale -> (Apply) -> stock KSampler on the HR latent."""
-    g = graph_builder()
-    tc, pos, neg = cascade(g, neg_text="blurry")
-    lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0),
-                **sampling(seed=seed))
-    upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=zero_output)
-    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0),
-                 width=256, height=256)
-    model = tc.out(0)
-    if patched:
-        model = g.node("UltraRes_UltraPixelApply", model=model, ultrapixel_model=upm.out(0), guidance=inr.out(0),
-                       cfg_rescale=0.0).out(0)
-    ks = g.node("KSampler", model=model, positive=pos.out(0), negative=neg.out(0), latent_image=inr.out(1),
-                seed=seed, steps=STEPS, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    g.node("UltraResTest_RecordUltraPixel", tag="hr", latent=ks.out(0))
-    return g.finalize()
 
 
 def test_zero_module_output_equals_stock_model_and_real_output_changes_it(host, ultrapixel_records):

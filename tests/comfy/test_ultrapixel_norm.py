@@ -5,7 +5,8 @@
 * a manual sigma_s, SAN off and a manual decoder strength each change the picture, and the
   strength is the weight of the decoder residual;
 * bad values are refused with the input's name, before any sampling;
-* ``lr_size`` sets the LR pass's latent (12² at 512 px) and is refused when not a multiple of 32.
+* ``lr_size`` sets the LR pass's latent (12² at 512 px) and is refused when not a multiple of 32;
+* a batch of two runs (the HR pass's time embedding per sample).
 """
 from __future__ import annotations
 
@@ -13,29 +14,9 @@ import pytest
 import torch
 
 from harness.comfy_host import WorkflowError
-from harness.ultrapixel_graphs import by_tag, cascade, graph_builder, sampling
+from harness.ultrapixel_graphs import by_tag, cascade, graph_builder, hr_graph, sampling
 
 AUTO = {"scale": "auto", "sigma_s": 1.2, "strength": "auto", "decoder_strength": 0.5}
-
-
-def apply_graph(norm: dict | None, seed: int = 1):
-    """LR guidance -> INR upscale -> UltraPixel Apply (with ``norm`` settings) -> KSampler at 256²."""
-    g = graph_builder()
-    tc, pos, neg = cascade(g, neg_text="blurry")
-    lr = g.node("UltraRes_UltraPixelLRGuidance", model=tc.out(0), positive=pos.out(0), negative=neg.out(0),
-                **sampling(seed=seed))
-    upm = g.node("UltraResTest_TinyUltraPixel", seed=0, zero_output=False)
-    inr = g.node("UltraRes_UltraPixelINRUpscale", ultrapixel_model=upm.out(0), guidance=lr.out(0),
-                 width=256, height=256)
-    extra = {}
-    if norm is not None:
-        extra["norm"] = g.node("UltraRes_UltraPixelScaleAwareNorm", **norm).out(0)
-    model = g.node("UltraRes_UltraPixelApply", model=tc.out(0), ultrapixel_model=upm.out(0), guidance=inr.out(0),
-                   cfg_rescale=0.0, **extra).out(0)
-    ks = g.node("KSampler", model=model, positive=pos.out(0), negative=neg.out(0), latent_image=inr.out(1),
-                seed=seed, steps=2, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    g.node("UltraResTest_RecordUltraPixel", tag="hr", latent=ks.out(0))
-    return g.finalize()
 
 
 def stage_c_graph(norm: dict | None, **overrides):
@@ -46,7 +27,7 @@ def stage_c_graph(norm: dict | None, **overrides):
     if norm is not None:
         extra["norm"] = g.node("UltraRes_UltraPixelScaleAwareNorm", **norm).out(0)
     sc = g.node("UltraRes_UltraPixelStageC", model=tc.out(0), ultrapixel_model=upm.out(0), positive=pos.out(0),
-                negative=neg.out(0), batch_size=1, **{**sampling(), **extra})
+                negative=neg.out(0), **{"batch_size": 1, **sampling(), **extra})
     g.node("UltraResTest_RecordUltraPixel", tag="stage_c", latent=sc.out(0))
     g.node("UltraResTest_RecordUltraPixel", tag="lr_stage_c", latent=sc.out(2))
     return g.finalize()
@@ -58,8 +39,8 @@ def hr_latent(host, records, graph, tag="hr"):
 
 
 def test_auto_is_bit_identical_to_no_norm_node(host, ultrapixel_records):
-    assert torch.equal(hr_latent(host, ultrapixel_records, apply_graph(AUTO)),
-                       hr_latent(host, ultrapixel_records, apply_graph(None)))
+    assert torch.equal(hr_latent(host, ultrapixel_records, hr_graph(norm=AUTO)),
+                       hr_latent(host, ultrapixel_records, hr_graph(norm=None)))
     assert torch.equal(hr_latent(host, ultrapixel_records, stage_c_graph(AUTO), "stage_c"),
                        hr_latent(host, ultrapixel_records, stage_c_graph(None), "stage_c"))
 
@@ -68,8 +49,8 @@ def test_auto_is_bit_identical_to_no_norm_node(host, ultrapixel_records):
                                     {"strength": "manual", "decoder_strength": 0.0}],
                          ids=["manual-sigma", "san-off", "decoder-strength-0"])
 def test_each_setting_changes_the_picture(host, ultrapixel_records, change):
-    paper = hr_latent(host, ultrapixel_records, apply_graph(AUTO))
-    changed = hr_latent(host, ultrapixel_records, apply_graph({**AUTO, **change}))
+    paper = hr_latent(host, ultrapixel_records, hr_graph(norm=AUTO))
+    changed = hr_latent(host, ultrapixel_records, hr_graph(norm={**AUTO, **change}))
     assert (changed - paper).abs().mean() > 1e-4 * paper.abs().mean()
 
 
@@ -114,12 +95,12 @@ def test_manual_strength_is_the_decoder_weight(host):
 @pytest.mark.parametrize("bad,match", [
     ({"sigma_s": float("nan")}, r"sigma_s: nan is not a finite number"),
     ({"scale": "manual", "sigma_s": 0.0}, r"Value 0\.0 smaller than min of 0\.1: sigma_s"),
-    ({"strength": "manual", "decoder_strength": float("inf")}, r"decoder_strength: inf is not a finite number"),
+    ({"strength": "manual", "decoder_strength": float("inf")}, r"Value inf bigger than max of 2\.0: decoder_strength"),
 ])
 def test_bad_values_are_refused_by_name(host, ultrapixel_records, bad, match):
     before = len(ultrapixel_records)
     with pytest.raises(WorkflowError, match=match):
-        host.run(apply_graph({**AUTO, **bad}))
+        host.run(hr_graph(norm={**AUTO, **bad}))
     assert len(ultrapixel_records) == before, "nothing sampled"
 
 
@@ -137,3 +118,11 @@ def test_lr_size_sets_the_lr_latent_and_is_checked(host, ultrapixel_records):
     assert by_tag(ultrapixel_records, "stage_c")["latent"].shape == (1, 16, 24, 24)
     with pytest.raises(WorkflowError, match=r"lr_size: 1000 px is not a multiple of 32"):
         host.run(stage_c_graph(None, lr_size=1000))
+
+
+def test_stage_c_batch_of_two(host, ultrapixel_records):
+    """Each sample of a batch gets the step's time embedding (ComfyUI passes one sigma per sample)."""
+    host.run(stage_c_graph(None, batch_size=2))
+    latent = by_tag(ultrapixel_records, "stage_c")["latent"]
+    assert latent.shape == (2, 16, 6, 6) and torch.isfinite(latent).all()
+    assert not torch.allclose(latent[0], latent[1]), "each sample has its own noise"
