@@ -46,7 +46,7 @@ PACK_NODES = {
     "UltraRes_FreeScaleScaleFusion", "UltraRes_FreeScaleSelfCascadeSampler", "UltraRes_FreeScaleUpscale",
     "UltraRes_PixelsmithSampler", "UltraRes_PixelsmithUpscale", "UltraRes_SaveLargeImage",
     "UltraRes_UltraPixelApply", "UltraRes_UltraPixelINRUpscale", "UltraRes_UltraPixelLRGuidance",
-    "UltraRes_UltraPixelLoader", "UltraRes_UltraPixelStageC",
+    "UltraRes_UltraPixelLoader", "UltraRes_UltraPixelScaleAwareNorm", "UltraRes_UltraPixelStageC",
 }
 # The folder ComfyUI-Manager clones a git URL into is the URL's last component.
 REPO_NAME = "ComfyUI-UltraRes"
