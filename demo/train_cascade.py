@@ -48,6 +48,15 @@ from .train import ROOT, boot_comfy, log, normalise_latent_, reset_parameters_, 
 SCALES = {2: 12, 3: 5, 4: 2}  # HR scale -> batch size of a module-training step (about 1.5 s each)
 
 
+def kernels(name: str):
+    """The pack's ``kernels.<name>`` module: relative to the pack when it is imported as a package,
+    else from the pack root that ``main`` puts on sys.path (``python -m demo.train_cascade``)."""
+    import importlib
+
+    parent = __package__.rpartition(".")[0]
+    return importlib.import_module(f"{parent}.kernels.{name}" if parent else f"kernels.{name}")
+
+
 def scene(classes: torch.Tensor, g: torch.Generator, sizes: tuple[int, ...]) -> list[torch.Tensor]:
     """The same scenes rendered at each side in ``sizes`` (one generator state, fixed texture period)."""
     from .cascade_spec import TEXTURE_SCALE
@@ -202,8 +211,9 @@ def train_stage_c(args, latents, g: torch.Generator):
 
 
 def ultrapixel_modules(g: torch.Generator) -> torch.nn.ModuleDict:
-    from kernels.ultrapixel import GuidanceFusionModule
-    from kernels.ultrapixel_config import INJECTION_POINTS, UltraPixelConfig
+    GuidanceFusionModule = kernels("ultrapixel").GuidanceFusionModule
+    config = kernels("ultrapixel_config")
+    INJECTION_POINTS, UltraPixelConfig = config.INJECTION_POINTS, config.UltraPixelConfig
 
     from .cascade_spec import POINT_CHANNELS, ULTRAPIXEL_MODULE
 
@@ -223,7 +233,7 @@ class Points:
     """Forward hooks on stage C's four UltraPixel points: capture the LR features or add ``u``."""
 
     def __init__(self, sc: torch.nn.Module, modules: torch.nn.ModuleDict):
-        from kernels.ultrapixel_config import STAGE_C_BLOCKS
+        STAGE_C_BLOCKS = kernels("ultrapixel_config").STAGE_C_BLOCKS
 
         self.modules, self.mode, self.features = modules, None, {}
         self.g, self.t_emb = None, None
@@ -241,7 +251,7 @@ class Points:
 
 
 def train_ultrapixel(args, vae, sc_state: dict, text: torch.Tensor, g: torch.Generator) -> torch.nn.ModuleDict:
-    from kernels.ultrapixel_norm import r_embedding
+    r_embedding = kernels("ultrapixel_norm").r_embedding
 
     from .cascade_spec import CLASSES, NATIVE_PX
 
@@ -371,7 +381,7 @@ def main(argv=None) -> int:
     vae.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("vae.")})
     sc_state = {k[8:]: v for k, v in state.items() if k.startswith("stage_c.")}
     modules = train_ultrapixel(args, vae.eval(), sc_state, state["text.embeddings"], phase_generator(2))
-    from kernels.ultrapixel_config import CHECKPOINT_PREFIXES
+    CHECKPOINT_PREFIXES = kernels("ultrapixel_config").CHECKPOINT_PREFIXES
 
     release = {f"module.{CHECKPOINT_PREFIXES[point]}{k}": v
                for point, module in modules.items() for k, v in module.state_dict().items()}
