@@ -23,6 +23,12 @@ KEEP = {"lr_size"}  # a model's native size, not a picture size
 SIZE_LIST = re.compile(r"^\s*\d+(\s*x\s*\d+)?(\s*[,;]\s*\d+(\s*x\s*\d+)?)*\s*$")
 
 
+def picture_size(name: str, value) -> bool:
+    """An int input holding a picture size in px (named *width/*height/*size, not ``KEEP``)."""
+    return (isinstance(value, int) and not isinstance(value, bool) and SIZE_INPUT.search(name) is not None
+            and name not in KEEP and value >= 64)
+
+
 def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
     """The same graph at a test size: every pixel size scaled by one factor so the largest is
     at most ``max_px`` (ints named *width/*height/*size and size-list strings such as
@@ -30,8 +36,7 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
     latents can be 8 px, and the band must stay below half the patch clamped to them). UltraPixel's
     ``lr_size`` is the model's native size, not a picture size, and stays. Nothing else is touched."""
     out = json.loads(json.dumps(prompt))
-    sizes = [v for n in out.values() for k, v in n["inputs"].items()
-             if isinstance(v, int) and not isinstance(v, bool) and SIZE_INPUT.search(k) and k not in KEEP and v >= 64]
+    sizes = [v for n in out.values() for k, v in n["inputs"].items() if picture_size(k, v)]
     sizes += [int(x) for n in out.values() for v in n["inputs"].values()
               if isinstance(v, str) and SIZE_LIST.match(v) for x in re.findall(r"\d+", v)]
     factor = max(1, -(-max(sizes, default=0) // max_px))
@@ -41,7 +46,7 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
 
     for node in out.values():
         for k, v in node["inputs"].items():
-            if isinstance(v, int) and not isinstance(v, bool) and SIZE_INPUT.search(k) and k not in KEEP and v >= 64:
+            if picture_size(k, v):
                 node["inputs"][k] = scaled(v)
             elif isinstance(v, str) and SIZE_LIST.match(v):
                 node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
