@@ -7,29 +7,33 @@ on the procedural pictures of :mod:`demo.data` with the texture kept at its nati
 at every size (a larger picture has more detail per object, as a high-resolution photo has):
 
 1. the decoder (ComfyUI's ``AutoencoderKL``, 16 channels, 8 px per cell) on 64² crops of native
-   and 2× pictures; its latent is rescaled per channel to zero mean and unit variance (Stable
-   Cascade's latent scale is 1);
+   and 2× pictures; its latent is rescaled per channel to zero mean and a spread of
+   ``cascade_spec.DATA_STD`` (Stable Cascade's latent scale is 1);
 2. ``--images`` native (96 px, 12² latent) pictures are encoded once;
 3. stage C (ComfyUI's ``StageC`` through the ``Stable_Cascade_C`` config) with ε-prediction on
-   Stable Cascade's cosine schedule at shift 1, min-SNR-5 weighting, 10 % empty-prompt dropout,
-   AdamW with a cosine schedule and an EMA of the weights (the EMA is what is saved);
+   Stable Cascade's cosine schedule at shift 1, times drawn as ``1 - (1 - u)^2`` (more of them at
+   high noise), min-SNR-5 weighting against the latents' spread, 10 % empty-prompt dropout, AdamW
+   with a cosine schedule and an EMA of the weights (the EMA is what is saved);
 4. the four UltraPixel modules with stage C frozen, as the paper trains them (Ren et al., 2024,
    Sec. 3.1-3.2, Eq. (5), Sec. 4.1; official ``train/train_t2i.py:414-432``): each step renders
-   one scene at the native size and at 2×, 3× or 4×; the LR guidance is stage C's features at the
-   four points for the LR latent noised to t = 0.05; the HR latent is noised at a random t and
-   stage C, with the modules adding ``x + u`` after the first AttnBlock of each level (decoder
-   weight 1 in training, as the official code), is trained to predict the noise. Two departures,
-   both for a short CPU run: the LR picture is the scene rendered at the native size (with the
-   native texture, as the LR pass draws it at inference) instead of the HR picture downscaled,
+   one scene at the native size and at 2×, 3× or 4× (4× every other step); the LR guidance is
+   stage C's features at the four points for the LR latent noised to t = 0.05; the HR latent is
+   noised at a time drawn as in 3 and stage C, with the modules adding ``x + u`` after the first
+   AttnBlock of each level (decoder weight 1 in training, as the official code), is trained to
+   predict the noise. Two departures, both for a short CPU run: the LR picture is the scene
+   rendered at the native size (with the native texture, as the LR pass draws it at inference)
+   instead of the HR picture downscaled,
    and the SAN's affine map starts at ``u * 0.1`` instead of the official Xavier draw, so the
    modules start from stage C's own behaviour rather than from a random perturbation of every
    feature.
 
-The defaults take about 45 minutes on 2 CPU cores. Each phase draws from its own generator
-(seed, seed + 1, seed + 2), so ``--phase stage-c`` (keep the decoder of ``--cascade``, retrain
-stage C and the modules) and ``--phase ultrapixel`` (only the modules) give what a full run
-gives. The files are written in fp16 (stage C, decoder) and fp32 (the modules, ~1 MiB), each
-through a ``.part`` file renamed when complete.
+The defaults take about 95 minutes on 2 CPU cores (decoder 8, stage C 30, modules 55). Each phase
+draws from its own generator (seed, seed + 1, seed + 2), so ``--phase stage-c`` (keep the decoder
+of ``--cascade``, retrain stage C and the modules) and ``--phase ultrapixel`` (only the modules)
+train what a full run trains, on the fp16-stored weights of the earlier phases. ``--checkpoint-every``
+also writes the stage-C file along the way, to look at it while it trains. The files are written
+in fp16 (stage C, decoder) and fp32 (the modules, 1.4 MiB), each through a ``.part`` file renamed
+when complete.
 """
 from __future__ import annotations
 
@@ -45,7 +49,10 @@ import torch
 
 from .train import ROOT, boot_comfy, log, normalise_latent_, reset_parameters_, train_vae
 
-SCALES = {2: 12, 3: 5, 4: 2}  # HR scale -> batch size of a module-training step (about 1.5 s each)
+# HR scale -> batch size of a module-training step (2.4-3.5 s each), in the order they take turns:
+# 4× twice per round, as the largest scale is where the guidance has the most to hold together.
+SCALES = {2: 12, 4: 4, 3: 5}
+SCALE_TURNS = (2, 4, 3, 4)
 
 
 def kernels(name: str):
@@ -162,8 +169,17 @@ def conditioning(text: torch.Tensor, label: torch.Tensor) -> dict:
             "clip_img": torch.zeros(label.shape[0], 1, 768)}
 
 
+def noise_times(n: int, g: torch.Generator) -> torch.Tensor:
+    """Training times t = 1 - (1 - u)^2: half of them above t = 0.71, where the composition is
+    decided at the demo's latent spread (see cascade_spec.DATA_STD)."""
+    return 1 - (1 - torch.rand(n, generator=g)) ** 2
+
+
 def eps_loss(out: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    snr = 1.0 / sigma.view(-1) ** 2
+    """Min-SNR-5 weighted ε loss, the SNR taken against the latents' spread."""
+    from .cascade_spec import DATA_STD
+
+    snr = DATA_STD ** 2 / sigma.view(-1) ** 2
     weight = torch.clamp(snr, max=5.0) / snr
     return (weight * (out - eps).pow(2).mean(dim=(1, 2, 3))).mean()
 
@@ -173,7 +189,7 @@ def cosine_lr(opt, base: float, step: int, total: int, warmup: int = 200) -> Non
         group["lr"] = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def train_stage_c(args, latents, g: torch.Generator):
+def train_stage_c(args, latents, g: torch.Generator, checkpoint=None):
     from .cascade_spec import CLASSES, CONTEXT_DIM, CONTEXT_TOKENS
 
     classes, z_mean, z_std = latents
@@ -193,7 +209,7 @@ def train_stage_c(args, latents, g: torch.Generator):
         if torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
             x0 = x0.flip(-1)
         label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, empty, text_rows(classes[idx]))
-        xc, r, sigma, eps = noised(x0, torch.rand(idx.shape, generator=g), ms, g)
+        xc, r, sigma, eps = noised(x0, noise_times(idx.shape[0], g), ms, g)
         loss = eps_loss(sc(xc, r, **conditioning(text, label)), eps, sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,6 +223,9 @@ def train_stage_c(args, latents, g: torch.Generator):
             ema_text.lerp_(text, 1 - decay)
         if step % 200 == 0 or step == args.stage_c_steps - 1:
             log(f"stage C step {step}/{args.stage_c_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+        if checkpoint and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 \
+                and step + 1 < args.stage_c_steps:
+            checkpoint(ema, ema_text)
     return ema, ema_text
 
 
@@ -266,10 +285,9 @@ def train_ultrapixel(args, vae, sc_state: dict, text: torch.Tensor, g: torch.Gen
     ema = {k: v.detach().clone() for k, v in modules.state_dict().items()}
     params = list(modules.parameters())
     opt = torch.optim.AdamW(params, lr=args.ultrapixel_lr, weight_decay=0.0)
-    scales = list(SCALES)
     t0 = time.time()
     for step in range(args.ultrapixel_steps):
-        k = scales[step % len(scales)]
+        k = SCALE_TURNS[step % len(SCALE_TURNS)]
         b = SCALES[k]
         classes = random_classes(b, g)
         lr_img, hr_img = scene(classes, g, (NATIVE_PX, NATIVE_PX * k))
@@ -282,7 +300,7 @@ def train_ultrapixel(args, vae, sc_state: dict, text: torch.Tensor, g: torch.Gen
             points.mode = "capture"
             sc(xc, r, **conditioning(text, text_rows(classes)))
         label = torch.where(torch.rand(b, generator=g) < 0.1, len(CLASSES), text_rows(classes))
-        xc, r, sigma, eps = noised(z_hr, torch.rand(b, generator=g), ms, g)
+        xc, r, sigma, eps = noised(z_hr, noise_times(b, g), ms, g)
         points.mode, points.t_emb = "inject", r_embedding(r, 64)
         loss = eps_loss(sc(xc, r, **conditioning(text, label)), eps, sigma)
         points.mode = None
@@ -329,11 +347,13 @@ def main(argv=None) -> int:
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
     p.add_argument("--images", type=int, default=8000)
-    p.add_argument("--stage-c-steps", type=int, default=2500)
+    p.add_argument("--stage-c-steps", type=int, default=2400)
     p.add_argument("--stage-c-batch", type=int, default=48)
-    p.add_argument("--stage-c-lr", type=float, default=1e-3)
+    p.add_argument("--stage-c-lr", type=float, default=6e-4)
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also write --cascade (the EMA so far) every this many stage-C steps (0: only at the end)")
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--ultrapixel-steps", type=int, default=500)
+    p.add_argument("--ultrapixel-steps", type=int, default=720)
     p.add_argument("--ultrapixel-lr", type=float, default=1e-3)
     p.add_argument("--ultrapixel-ema", type=float, default=0.99)
     args = p.parse_args(argv)
@@ -350,7 +370,7 @@ def main(argv=None) -> int:
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from safetensors.torch import load_file
 
-    from .cascade_spec import CLASSES, LATENT_SCALE, NATIVE_PX
+    from .cascade_spec import CLASSES, DATA_STD, LATENT_SCALE, NATIVE_PX
 
     settings = json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                            if k not in ("comfyui", "cascade", "ultrapixel")})
@@ -359,7 +379,7 @@ def main(argv=None) -> int:
         if args.phase == "all":
             g = phase_generator(0)
             vae = train_vae(args, g, VAE_DDCONFIG, VAE_EMBED_DIM, images=vae_images)
-            normalise_latent_(vae, g, latent_scale=LATENT_SCALE, images=native_images)
+            normalise_latent_(vae, g, latent_scale=LATENT_SCALE / DATA_STD, images=native_images)
         else:  # the decoder of --cascade
             vae = AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=VAE_EMBED_DIM)
             vae.load_state_dict({k[4:]: v.float() for k, v in load_file(str(args.cascade)).items()
@@ -371,11 +391,14 @@ def main(argv=None) -> int:
             posterior = [encode(vae, scene(c, g, (NATIVE_PX,))[0]) for c in classes.split(64)]
         latents = (classes, torch.cat([m for m, _ in posterior]), torch.cat([s for _, s in posterior]))
         log(f"encoded {classes.numel()} pictures")
-        sc_state, text = train_stage_c(args, latents, g)
-        tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
-        tensors.update({f"stage_c.{k}": v for k, v in sc_state.items()})
-        tensors["text.embeddings"] = text
-        save(tensors, args.cascade, meta, torch.float16)
+
+        def save_cascade(sc_state: dict, text: torch.Tensor) -> None:
+            tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+            tensors.update({f"stage_c.{k}": v for k, v in sc_state.items()})
+            tensors["text.embeddings"] = text
+            save(tensors, args.cascade, meta, torch.float16)
+
+        save_cascade(*train_stage_c(args, latents, g, checkpoint=save_cascade))
     state = load_file(str(args.cascade))
     vae = AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=VAE_EMBED_DIM)
     vae.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("vae.")})

@@ -1,10 +1,12 @@
-"""UltraRes Demo Model and Demo Prompt: the small trained model shipped inside the pack.
+"""UltraRes Demo Model, Demo Prompt and Demo Cascade: the small trained models shipped inside the pack.
 
 The weights (``demo/ultrares_demo.safetensors``, trained by ``demo/train.py``) hold a VAE and an
 SDXL-class UNet built from ComfyUI's own classes, plus one learned "prompt" embedding per object
 class. They exist so that anyone can see, on a CPU and without downloading a model, what the
 pack's methods fix: run above its 128 px training size the model repeats its object, as SDXL does
-above 1024 px.
+above 1024 px. ``demo/ultrares_cascade_demo.safetensors`` and ``demo/ultrapixel_demo.safetensors``
+(trained by ``demo/train_cascade.py``) do the same for UltraPixel: a tiny Stable Cascade stage C,
+a decoder in place of stages B/A, and UltraPixel modules trained for that stage C.
 """
 from __future__ import annotations
 
@@ -17,53 +19,85 @@ import comfy.supported_models
 import torch
 from comfy_api.latest import io
 
-from ..demo import spec
+from ..demo import cascade_spec, spec
 from ..kernels.weights_file import DamagedWeightsError, read_state_dict
+from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel, load_ultrapixel
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "demo" / spec.WEIGHTS_FILE
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+WEIGHTS = DEMO / spec.WEIGHTS_FILE
+CASCADE_WEIGHTS = DEMO / cascade_spec.WEIGHTS_FILE
+ULTRAPIXEL_WEIGHTS = DEMO / cascade_spec.ULTRAPIXEL_FILE
 
 
-def _read(prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors of the shipped weights whose keys start with ``prefix``, the prefix dropped.
-
-    The whole file (a few MB) goes through the pack's checked reader, so a missing, truncated or
-    Git LFS pointer file is a message saying what to do, never a reader's error.
-    """
+def _read_file(path: Path, trainer: str) -> dict[str, torch.Tensor]:
+    """All tensors of one shipped weights file, through the pack's checked reader, so a missing,
+    truncated or Git LFS pointer file is a message saying what to do, never a reader's error."""
     try:
-        state = read_state_dict(WEIGHTS, folder=f"the UltraRes pack's demo folder ({WEIGHTS.parent})")
+        return read_state_dict(path, folder=f"the UltraRes pack's demo folder ({path.parent})")
     except DamagedWeightsError as e:
-        raise type(e)(f"{e}. The demo weights ship inside UltraRes ({WEIGHTS.parents[1]}): reinstall the pack "
+        raise type(e)(f"{e}. The demo weights ship inside UltraRes ({path.parents[1]}): reinstall the pack "
                       f"(in a git clone of it, run `git lfs pull` there), or retrain them with "
-                      f"`python -m demo.train`.") from None
+                      f"`python -m {trainer}`.") from None
+
+
+def _read(prefix: str, path: Path | None = None, trainer: str = "demo.train") -> dict[str, torch.Tensor]:
+    """The tensors of a shipped weights file (default: the demo model's) whose keys start with
+    ``prefix``, the prefix dropped."""
+    state = _read_file(path or WEIGHTS, trainer)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None = None) -> None:
     expected, found = set(module.state_dict()), set(state)
     if expected != found:
-        raise ValueError(f"{WEIGHTS.name}: the {what} weights do not match the demo architecture "
+        raise ValueError(f"{(path or WEIGHTS).name}: the {what} weights do not match the demo architecture "
                          f"(missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}).")
 
 
-def load_demo_model() -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.VAE]:
-    """(ModelPatcher of the UNet, ComfyUI VAE), loaded the way ComfyUI loads a checkpoint."""
-    unet_sd = _read("unet.")
-    config = comfy.supported_models.SDXL(dict(spec.UNET_CONFIG))
+def _patcher(config, state: dict[str, torch.Tensor], what: str, path: Path) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI model of ``config`` holding ``state``, loaded the way ComfyUI loads a checkpoint."""
     load_device = mm.get_torch_device()
-    dtype = mm.unet_dtype(model_params=sum(v.numel() for v in unet_sd.values()),
+    dtype = mm.unet_dtype(model_params=sum(v.numel() for v in state.values()),
                           supported_dtypes=config.supported_inference_dtypes)
     config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
     model = config.get_model({}, "", device=mm.unet_offload_device())
-    _check_keys("UNet", model.diffusion_model, unet_sd)
-    model.diffusion_model.load_state_dict(unet_sd, strict=True)
-    patcher = comfy.model_patcher.ModelPatcher(model.eval(), load_device=load_device,
-                                               offload_device=mm.unet_offload_device())
+    _check_keys(what, model.diffusion_model, state, path)
+    model.diffusion_model.load_state_dict(state, strict=True)
+    return comfy.model_patcher.ModelPatcher(model.eval(), load_device=load_device,
+                                            offload_device=mm.unet_offload_device())
 
-    vae_sd = _read("vae.")
-    vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": dict(spec.VAE_DDCONFIG),
-                                                      "embed_dim": spec.VAE_EMBED_DIM}})
-    _check_keys("VAE", vae.first_stage_model, vae_sd)
-    return patcher, vae
+
+def _vae(state: dict[str, torch.Tensor], ddconfig: dict, embed_dim: int, path: Path) -> comfy.sd.VAE:
+    vae = comfy.sd.VAE(sd=state, config={"params": {"ddconfig": dict(ddconfig), "embed_dim": embed_dim}})
+    _check_keys("VAE", vae.first_stage_model, state, path)
+    vae.latent_channels = ddconfig["z_channels"]  # ComfyUI assumes 4 for a VAE built from a config
+    return vae
+
+
+def load_demo_model() -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.VAE]:
+    """(ModelPatcher of the UNet, ComfyUI VAE)."""
+    patcher = _patcher(comfy.supported_models.SDXL(dict(spec.UNET_CONFIG)), _read("unet."), "UNet", WEIGHTS)
+    return patcher, _vae(_read("vae."), spec.VAE_DDCONFIG, spec.VAE_EMBED_DIM, WEIGHTS)
+
+
+def load_demo_cascade() -> tuple[comfy.model_patcher.ModelPatcher, UltraPixelModel, comfy.sd.VAE, list, list]:
+    """(stage C, UltraPixel modules, decoder VAE, positive, negative) of the Stable Cascade demo."""
+    state = _read_file(CASCADE_WEIGHTS, "demo.train_cascade")
+    part = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in ("stage_c.", "vae.", "text.")}
+    config = comfy.supported_models.Stable_Cascade_C(dict(cascade_spec.STAGE_C_CONFIG))
+    config.sampling_settings = {"shift": 1.0}  # trained at shift 1, UltraPixel's shift (the 3.6B default is 2)
+    patcher = _patcher(config, part["stage_c."], "stage C", CASCADE_WEIGHTS)
+    vae = _vae(part["vae."], cascade_spec.VAE_DDCONFIG, cascade_spec.VAE_EMBED_DIM, CASCADE_WEIGHTS)
+    modules = load_ultrapixel(_read_file(ULTRAPIXEL_WEIGHTS, "demo.train_cascade"), ULTRAPIXEL_WEIGHTS.name,
+                              folder=f"the UltraRes pack's demo folder ({ULTRAPIXEL_WEIGHTS.parent})")
+    table = part["text."]["embeddings"].float()
+    return patcher, modules, vae, _conditioning(table, 0), _conditioning(table, len(cascade_spec.CLASSES))
+
+
+def _conditioning(table: torch.Tensor, row: int, **extra) -> list:
+    """CONDITIONING of one row of a learned prompt table: its tokens, pooled output = their mean."""
+    tokens = table[row:row + 1]
+    return [[tokens, {"pooled_output": tokens.mean(1), **extra}]]
 
 
 def demo_conditioning(object_class: str) -> tuple[list, list]:
@@ -71,12 +105,8 @@ def demo_conditioning(object_class: str) -> tuple[list, list]:
     if object_class not in spec.CLASSES:
         raise ValueError(f"object: expected one of {list(spec.CLASSES)}, got {object_class!r}.")
     table = _read("text.")["embeddings"].float()
-
-    def cond(row: int) -> list:
-        tokens = table[row:row + 1]
-        return [[tokens, {"pooled_output": tokens.mean(1), **spec.SIZE_CONDITIONING}]]
-
-    return cond(spec.CLASSES.index(object_class)), cond(len(spec.CLASSES))
+    return (_conditioning(table, spec.CLASSES.index(object_class), **spec.SIZE_CONDITIONING),
+            _conditioning(table, len(spec.CLASSES), **spec.SIZE_CONDITIONING))
 
 
 class DemoModel(io.ComfyNode):
@@ -139,4 +169,47 @@ class DemoPrompt(io.ComfyNode):
         return io.NodeOutput(*demo_conditioning(object))
 
 
-NODES = (DemoModel, DemoPrompt)
+class DemoCascade(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_DemoCascade",
+            display_name="UltraRes Demo Cascade",
+            category="UltraRes/Demo",
+            description=(
+                "Loads a tiny built-in Stable Cascade stage C with its own UltraPixel modules, so you can try "
+                "UltraPixel Stage C on a CPU with no download; connect MODEL, ultrapixel_model, positive and "
+                "negative to UltraPixel Stage C with lr_size 512 and width/height 1024 (2×) or 2048 (4×), then "
+                "decode its stage_c output with this VAE. The stage C (ComfyUI's own StageC class in the 3.6B "
+                "model's layout, ε-prediction, Stable Cascade schedule at shift 1) was trained on 96 px pictures "
+                "of one red disc, i.e. a 12×12 stage-C latent, which Stable Cascade calls 512 px; sampled "
+                "directly at 4× that it repeats the disc, as the real stage C does above 1024 px. Stages B and "
+                "A are too big for a CPU demo, so a small VAE decodes the stage-C latent at 8 px per cell in "
+                "their place (a 2048 px job decodes to 384 px). Models: this demo only. Cost: loads in well "
+                "under a second; a 4× UltraPixel picture takes about half a minute on a CPU."),
+            inputs=[],
+            outputs=[
+                io.Model.Output(display_name="MODEL",
+                                tooltip="The demo stage C: connect it to UltraPixel Stage C or LR Guidance, or to a "
+                                        "KSampler with a StableCascade_EmptyLatentImage for direct sampling (native "
+                                        "size 512, i.e. a 12×12 latent)."),
+                ULTRAPIXEL_MODEL.Output(display_name="ultrapixel_model",
+                                        tooltip="The UltraPixel modules trained for this stage C: connect them where "
+                                                "UltraPixel Loader's output would go."),
+                io.Vae.Output(display_name="VAE",
+                              tooltip="Decodes this stage C's latents to pictures (VAE Decode), 8 px per latent cell; "
+                                      "stands in for Stable Cascade's stages B and A."),
+                io.Conditioning.Output(display_name="positive",
+                                       tooltip="Connect to positive: the learned prompt \"red disc\" (the model's "
+                                               "only word)."),
+                io.Conditioning.Output(display_name="negative",
+                                       tooltip="Connect to negative: the empty prompt, for classifier-free guidance."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(*load_demo_cascade())
+
+
+NODES = (DemoModel, DemoPrompt, DemoCascade)

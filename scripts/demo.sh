@@ -7,7 +7,7 @@
 #   scripts/demo.sh [WORKFLOW.json] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-WORKFLOW="${1:-example_workflows/Demo on CPU - Pixelsmith and FreeScale vs direct sampling, 512 px (no downloads).json}"
+WORKFLOW="${1:-example_workflows/Demo on CPU - Pixelsmith, FreeScale and UltraPixel vs direct sampling (no downloads).json}"
 OUT="${2:-out/demo}"
 HOST="$(scripts/build_host.sh | tail -n 1)"
 HF_HUB_OFFLINE=1 "$HOST/venv/bin/python" scripts/run_workflow.py "$WORKFLOW" --out "$OUT" --demo \

@@ -27,14 +27,16 @@ PICTURE_H = 340
 # Which demo images each kind of template shows, by the start of its file name.
 PANELS = {
     "Demo": [("1_direct_512", "direct 512 px: repeats"), ("3_pixelsmith_512", "Pixelsmith"),
-             ("5_freescale_512", "FreeScale")],
+             ("5_freescale_512", "FreeScale"), ("8_ultrapixel_384", "UltraPixel")],
     "Pixelsmith": [("0_base_128", "base"), ("3_pixelsmith_512", "Pixelsmith x4")],
     "FreeScale": [("0_base_128", "base"), ("5_freescale_512", "FreeScale x4")],
+    "UltraPixel": [("9_direct_cascade_384", "direct x4: repeats"), ("6_ultrapixel_lr_96", "LR picture"),
+                   ("8_ultrapixel_384", "UltraPixel x4")],
 }
 
 
 def render_demo(comfyui: str) -> dict:
-    """The demo workflow's six images (uint8 [H, W, 3]), by their Save Image file-name prefix."""
+    """The demo workflow's images (uint8 [H, W, 3]), by their Save Image file-name prefix."""
     host = ComfyHost.boot(comfyui, Path(tempfile.mkdtemp(prefix="ultrares-thumbs-")), packs={"ultrares": PACK_ROOT})
     prompt = load_prompt(DEMO_WORKFLOW, host)
     result = host.run(prompt)

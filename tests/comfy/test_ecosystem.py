@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(os.environ.get(SKIP_ENV, "") not in ("", "0"),
                                 reason=f"{SKIP_ENV} is set: the ecosystem client tests are skipped on request")
 
 PACK_NODES = {
-    "UltraRes_DemoModel", "UltraRes_DemoPrompt", "UltraRes_FreeScaleRestrainedDilation",
+    "UltraRes_DemoCascade", "UltraRes_DemoModel", "UltraRes_DemoPrompt", "UltraRes_FreeScaleRestrainedDilation",
     "UltraRes_FreeScaleScaleFusion", "UltraRes_FreeScaleSelfCascadeSampler", "UltraRes_FreeScaleUpscale",
     "UltraRes_PixelsmithSampler", "UltraRes_PixelsmithUpscale", "UltraRes_SaveLargeImage",
     "UltraRes_UltraPixelApply", "UltraRes_UltraPixelINRUpscale", "UltraRes_UltraPixelLRGuidance",

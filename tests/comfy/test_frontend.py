@@ -152,7 +152,10 @@ def test_demo_workflow_queued_from_the_ui_shows_images_and_pack_progress(fronten
     for node_type in ("UltraRes_PixelsmithUpscale", "UltraRes_FreeScaleUpscale"):
         reports = [p for p in state["progress"] if p["type"] == node_type]
         assert reports and reports[-1]["value"] == reports[-1]["max"] > 1, (node_type, reports[-3:])
-    # Every Save Image node shows its image (loaded by the browser from the server).
+    # Every Save Image node shows its image (loaded by the browser from the server). The frontend
+    # loads a node's images when it draws the node, so the whole graph is brought into view first
+    # (the UltraPixel group lies below the workflow's saved view).
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_function("""(ids) => ids.every(id => {
         const imgs = app.graph.getNodeById(id).imgs;
         return imgs && imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0);

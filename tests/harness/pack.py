@@ -17,7 +17,8 @@ FIXTURE_PACK = PACK_ROOT / "tests" / "fixtures" / "ultrares_testing"
 # The shipped workflows (ComfyUI's Templates browser reads this folder; the file name is the card's title).
 WORKFLOW_DIR = PACK_ROOT / "example_workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-DEMO_WORKFLOW = WORKFLOW_DIR / "Demo on CPU - Pixelsmith and FreeScale vs direct sampling, 512 px (no downloads).json"
+DEMO_WORKFLOW = WORKFLOW_DIR / ("Demo on CPU - Pixelsmith, FreeScale and UltraPixel vs direct sampling "
+                                "(no downloads).json")
 
 
 def register_pack(name: str = "ultrares") -> ModuleType:
