@@ -186,7 +186,7 @@ class DemoCascade(io.ComfyNode):
                 "directly at 4× that it repeats the disc, as the real stage C does above 1024 px. Stages B and "
                 "A are too big for a CPU demo, so a small VAE decodes the stage-C latent at 8 px per cell in "
                 "their place (a 2048 px job decodes to 384 px). Models: this demo only. Cost: loads in well "
-                "under a second; a 4× UltraPixel picture takes about half a minute on a CPU."),
+                "under a second; a 4× UltraPixel picture takes about 5 s on 2 CPU cores."),
             inputs=[],
             outputs=[
                 io.Model.Output(display_name="MODEL",

@@ -26,7 +26,7 @@ CARD = (640, 480)
 PICTURE_H = 340
 # Which demo images each kind of template shows, by the start of its file name.
 PANELS = {
-    "Demo": [("1_direct_512", "direct 512 px: repeats"), ("3_pixelsmith_512", "Pixelsmith"),
+    "Demo": [("1_direct_512", "direct: repeats"), ("3_pixelsmith_512", "Pixelsmith"),
              ("5_freescale_512", "FreeScale"), ("8_ultrapixel_384", "UltraPixel")],
     "Pixelsmith": [("0_base_128", "base"), ("3_pixelsmith_512", "Pixelsmith x4")],
     "FreeScale": [("0_base_128", "base"), ("5_freescale_512", "FreeScale x4")],
