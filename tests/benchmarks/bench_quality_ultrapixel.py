@@ -20,8 +20,9 @@ Metrics (``demo/metrics.py``, the object threshold scaled to the 96 px native pi
 found (mean; target 1) and % with exactly one; IoU of the object mask and low-pass SSIM against
 the LR picture (UltraPixel rows; for direct, against UltraPixel's LR picture of the same seed, i.e.
 how far unrelated pictures are); fine detail (top spectral band at 1:1) ÷ direct sampling's at
-the same size; the worst latent-cell border line ÷ the median (seams anywhere; ≈ 1.5 for
-seamless pictures of this model); the latent's std (the training latents' is 10, ``cascade_spec.DATA_STD``); wall time. Prints a
+the same size; the worst latent-cell border line ÷ the median (a seam anywhere shows as a high
+value; this model's native samples score about 4 without one, from their sharp object edges);
+the latent's std (the training latents' is 10, ``cascade_spec.DATA_STD``); wall time. Prints a
 Markdown table and writes ``grid_<scale>x.png`` (the first ``--grid`` samples of each row, same
 seeds) to ``--out``.
 """

@@ -84,7 +84,7 @@ def test_ultrapixel_keeps_one_disc_at_4x_where_its_lr_picture_has_it(host, ultra
     images, lr = ultrapixel_4x
     assert images.shape[-2:] == (384, 384) and lr.shape[-2:] == (96, 96)
     found = counts(host, images)
-    assert found.count(1) >= SAMPLES - 2, found  # 7 of these 8 as shipped; direct sampling: at most 2
+    assert found.count(1) >= SAMPLES - 1, found  # all 8 as shipped; direct sampling: at most 2
     metrics = pack_module(host, "demo.metrics")
     iou = metrics.mask_iou(images, lr)
-    assert float(iou.median()) > 0.6, iou  # the disc where the LR picture put it, not just one somewhere
+    assert float(iou.median()) > 0.75, iou  # the disc where the LR picture put it (median 0.85 as shipped)
