@@ -137,22 +137,39 @@ def encode_dataset(vae, n: int, g: torch.Generator):
     return classes, torch.cat(mean), torch.cat(std)
 
 
-def build_unet():
+def build_unet(unet_config: dict | None = None):
     import comfy.supported_models
 
     from .spec import UNET_CONFIG
 
-    config = comfy.supported_models.SDXL(dict(UNET_CONFIG))
+    config = comfy.supported_models.SDXL(dict(unet_config or UNET_CONFIG))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=torch.device("cpu"))
     return model
 
 
-def train_unet(args, data, g: torch.Generator):
+def size_embeddings(model, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's size embedding (``encode_adm`` less the pooled prompt) of each distinct row of ``sizes``
+    (``[n, 6]``: width, height, crop_w, crop_h, target_width, target_height in px), and each row's index."""
+    from .spec import CONTEXT_DIM
+
+    keys = ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
+    unique, row = sizes.unique(dim=0, return_inverse=True)
+    with torch.no_grad():
+        adm = torch.cat([model.encode_adm(pooled_output=torch.zeros(1, CONTEXT_DIM), **dict(zip(keys, u.tolist())))
+                         for u in unique])
+    return adm[:, CONTEXT_DIM:], row
+
+
+def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, sizes: torch.Tensor | None = None,
+               flip: bool = True):
+    """The UNet's EMA state dict and the EMA prompt table. ``sizes`` (``[n, 6]``, see :func:`size_embeddings`)
+    is each training latent's micro-conditioning, spec.SIZE_CONDITIONING for all when None; ``flip``
+    mirrors half of the batches (only right for mirror-symmetric data without crop conditioning)."""
     from .spec import CLASSES, CONTEXT_DIM, CONTEXT_TOKENS, LATENT_SCALE, SIZE_CONDITIONING
 
     classes, z_mean, z_std = data
-    model = build_unet()
+    model = build_unet(unet_config)
     unet = model.diffusion_model
     reset_parameters_(unet)
     with torch.no_grad():  # zero the last layer of every residual branch, as in the original UNet
@@ -161,8 +178,10 @@ def train_unet(args, data, g: torch.Generator):
                 m.weight.zero_()
                 m.bias.zero_()
     text = torch.nn.Parameter(torch.randn(len(CLASSES) + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
-    with torch.no_grad():
-        size_adm = model.encode_adm(pooled_output=torch.zeros(1, CONTEXT_DIM), **SIZE_CONDITIONING)[:, CONTEXT_DIM:]
+    if sizes is None:
+        sizes = torch.tensor([[SIZE_CONDITIONING[k] for k in ("width", "height", "crop_w", "crop_h", "target_width",
+                                                             "target_height")]]).expand(classes.shape[0], -1)
+    size_adm, size_row = size_embeddings(model, sizes)
     sigmas = model.model_sampling.sigmas.float()
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     ema_text = text.detach().clone()
@@ -174,7 +193,7 @@ def train_unet(args, data, g: torch.Generator):
     for step in range(args.unet_steps):
         idx = torch.randint(n, (args.unet_batch,), generator=g)
         x0 = (z_mean[idx] + z_std[idx] * torch.randn(z_mean[idx].shape, generator=g)) * LATENT_SCALE
-        if torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
+        if flip and torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
             x0 = x0.flip(-1)
         label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, empty, classes[idx])
         t = torch.randint(0, sigmas.numel(), idx.shape, generator=g)
@@ -182,7 +201,7 @@ def train_unet(args, data, g: torch.Generator):
         eps = torch.randn(x0.shape, generator=g)
         xc = (x0 + sigma * eps) / torch.sqrt(sigma ** 2 + 1)
         ctx = text[label]
-        y = torch.cat([ctx.mean(1), size_adm.expand(idx.shape[0], -1)], dim=1)
+        y = torch.cat([ctx.mean(1), size_adm[size_row[idx]]], dim=1)
         out = unet(xc, timesteps=t.float(), context=ctx, y=y)
         snr = 1.0 / sigma.view(-1) ** 2
         weight = torch.clamp(snr, max=5.0) / snr
@@ -204,10 +223,11 @@ def train_unet(args, data, g: torch.Generator):
     return ema, ema_text
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(description: str, out: Path) -> argparse.ArgumentParser:
+    """The command line of a trainer (``out``: the default weights file), with the demo model's defaults."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (its model classes are used)")
-    p.add_argument("--out", type=Path, default=ROOT / "demo" / "ultrares_demo.safetensors")
+    p.add_argument("--out", type=Path, default=out)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vae-steps", type=int, default=1500)
@@ -219,33 +239,47 @@ def main(argv=None) -> int:
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
-    args = p.parse_args(argv)
+    return p
 
+
+def start(args) -> torch.Generator:
+    """Boot ComfyUI, make torch deterministic with ``args.threads`` threads; the seeded generator."""
     boot_comfy(args.comfyui)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    g = torch.Generator().manual_seed(args.seed)
+    return torch.Generator().manual_seed(args.seed)
+
+
+def save_model(args, vae, unet: dict, text: torch.Tensor, classes, **meta: str) -> None:
+    """Write ``vae.*``, ``unet.*`` and ``text.embeddings`` in fp16 to ``args.out`` (through a ``.part``
+    file renamed when complete), with the classes, the seed, the training args and ``meta`` as metadata."""
     from safetensors.torch import save_file
 
+    tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    tensors.update({f"unet.{k}": v for k, v in unet.items()})
+    tensors["text.embeddings"] = text
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
+    meta = {"classes": json.dumps(list(classes)), "seed": str(args.seed),
+            "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                    if k not in ("comfyui", "out")}), **meta}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    part = args.out.with_suffix(".part")
+    save_file(tensors, str(part), metadata=meta)
+    part.replace(args.out)
+    log(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+
+
+def main(argv=None) -> int:
+    args = arg_parser(__doc__, ROOT / "demo" / "ultrares_demo.safetensors").parse_args(argv)
+    g = start(args)
     from .spec import CLASSES
 
     vae = train_vae(args, g)
     normalise_latent_(vae, g)
     data = encode_dataset(vae, args.images, g)
     unet, text = train_unet(args, data, g)
-    tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
-    tensors.update({f"unet.{k}": v for k, v in unet.items()})
-    tensors["text.embeddings"] = text
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
-    meta = {"classes": json.dumps(list(CLASSES)), "seed": str(args.seed),
-            "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                    if k not in ("comfyui", "out")})}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    part = args.out.with_suffix(".part")
-    save_file(tensors, str(part), metadata=meta)
-    part.replace(args.out)
-    log(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+    save_model(args, vae, unet, text, CLASSES)
     return 0
 
 

@@ -1,0 +1,131 @@
+"""The "crops" benchmark model: an SDXL-class model trained on random crops with SDXL's micro-conditioning.
+
+An independent model for the quality benchmarks (trained by :mod:`demo.train_bench`), so that their
+results cannot be tuned to the demo model of :mod:`demo.spec`. It is built and used like the demo
+model (ComfyUI's ``AutoencoderKL`` and ``SDXL`` UNet, one learned prompt per class, the same file
+layout) but differs from it in what matters for high-resolution sampling:
+
+* crop and size conditioning as SDXL trains it (Podell et al., arXiv:2307.01952, §2.2
+  micro-conditioning): every training sample carries ``width``/``height`` = the size of the scene
+  it was cut from, ``crop_w``/``crop_h`` = the crop's top-left offset in px and
+  ``target_width``/``target_height`` = the native size, exactly the arguments of ComfyUI's
+  ``SDXL.encode_adm``. Half of the samples (``NATIVE_SHARE``) are whole native scenes, one complete
+  object roughly centred, conditioned on ``SIZE_CONDITIONING`` (size native, crop 0, 0): sampled at
+  the native size with that conditioning, the model draws exactly one object. The other half are
+  native-size windows at random pixel offsets of larger scenes (sides ``SCENE_PX``, 1.125–4× native)
+  holding one proportionally larger object, so they show parts of an object or background only.
+  One departure from SDXL: SDXL resizes a picture to its bucket before cropping, here a scene is
+  never resized, so ``width``/``height`` say how much of the scene a native picture sees (a zoom)
+  and every pixel keeps the texture's pixel scale;
+* a fine native-scale texture: the background carries a checker of 2 px period (a ±``CHECKER_CONTRAST``
+  brightness alternation of neighbouring pixels) and the objects stripes of ``STRIPE_PERIOD`` px, both
+  fixed in pixels whatever the scene size (the demo model's grain and stripes are 4 and 8 px at 128 px
+  and scale with the picture);
+* a 64 px native size (8² latent) instead of 128 px, with the demo's four classes, colours and shapes
+  (imported from :mod:`demo.data`), objects of ½ the native side as there.
+
+Everything here is pure torch and deterministic given the generator's state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import spec
+from .data import CLASS_RGB, CLASSES, _signed_distance
+
+NAME = "bench_crops"
+WEIGHTS_FILE = f"{NAME}.safetensors"
+NATIVE_PX = 64                 # the training picture side, in px (8² latent)
+SCENE_PX = (72, 256)           # sides of the larger scenes crops are cut from (multiples of 8)
+NATIVE_SHARE = 0.5             # share of training samples that are whole native scenes
+OBJECT_RADIUS = (14.0, 19.0)   # px in a native scene, times side / NATIVE_PX in a larger one
+CENTRE_JITTER = 6.0            # px off the scene centre, likewise scaled
+STRIPE_PERIOD = 4.0            # px, the objects' stripes, at every scene size
+CHECKER_CONTRAST = (0.08, 0.16)  # relative brightness swing of the background's 2 px checker
+LATENT_SCALE, CONTEXT_DIM, CONTEXT_TOKENS = spec.LATENT_SCALE, spec.CONTEXT_DIM, spec.CONTEXT_TOKENS
+
+VAE_DDCONFIG = {**spec.VAE_DDCONFIG, "resolution": NATIVE_PX}
+VAE_EMBED_DIM = spec.VAE_EMBED_DIM
+UNET_CONFIG = {**spec.UNET_CONFIG, "image_size": NATIVE_PX // 8, "channel_mult": [1, 2, 4]}  # SDXL's widths
+
+# The conditioning of a whole native scene: what to sample with at the native size.
+SIZE_CONDITIONING = {"width": NATIVE_PX, "height": NATIVE_PX, "crop_w": 0, "crop_h": 0,
+                     "target_width": NATIVE_PX, "target_height": NATIVE_PX}
+
+
+def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def sample_scenes(n: int, g: torch.Generator, native_share: float = NATIVE_SHARE) -> dict[str, torch.Tensor]:
+    """``n`` random scenes, each with the offset of the native-size crop to train on.
+
+    A share ``native_share`` are native scenes (side ``NATIVE_PX``, crop 0, 0); the others have a
+    side drawn uniformly from the multiples of 8 in ``SCENE_PX`` and a crop offset drawn uniformly
+    from all pixel positions where the crop fits. The object's size and place scale with the side.
+    The number of draws does not depend on their values.
+    """
+    native = torch.rand(n, generator=g) < native_share
+    large = 8 * torch.randint(SCENE_PX[0] // 8, SCENE_PX[1] // 8 + 1, (n,), generator=g)
+    side = torch.where(native, NATIVE_PX, large)
+    crop = (torch.rand(n, 2, generator=g) * (side - NATIVE_PX + 1).unsqueeze(1)).long()
+    s = side / NATIVE_PX
+    grey = _uniform(g, n, 0.35, 0.75).view(n, 1)
+    tint = (torch.rand(n, 3, generator=g) - 0.5) * 0.12
+    return {
+        "classes": torch.randint(len(CLASSES), (n,), generator=g), "side": side, "crop": crop,
+        "top": grey + tint, "bottom": grey * _uniform(g, n, 0.6, 0.9).view(n, 1) - tint,
+        "blotch": torch.randn(n, 1, 4, 4, generator=g), "checker": _uniform(g, n, *CHECKER_CONTRAST),
+        "radius": _uniform(g, n, *OBJECT_RADIUS) * s,
+        "centre": (NATIVE_PX / 2 + _uniform(g, 2 * n, -CENTRE_JITTER, CENTRE_JITTER).view(n, 2)) * s.unsqueeze(1),
+        "angle": torch.rand(n, generator=g) * math.pi,
+    }
+
+
+def render_scene(scenes: dict[str, torch.Tensor], size: int = NATIVE_PX) -> torch.Tensor:
+    """The ``size``² px window at each scene's crop offset, ``[B, 3, size, size]`` in [0, 1].
+
+    Every term is a function of the scene's pixel coordinates, so a window renders exactly the
+    pixels of the whole scene (render the whole scene with ``crop`` zero and ``size`` = its side).
+    """
+    b = scenes["side"].shape[0]
+    ar = torch.arange(size)
+    px = (scenes["crop"][:, 0].view(b, 1, 1) + ar.view(1, 1, size)).expand(b, size, size)
+    py = (scenes["crop"][:, 1].view(b, 1, 1) + ar.view(1, size, 1)).expand(b, size, size)
+    x, y = px + 0.5, py + 0.5
+    side = scenes["side"].view(b, 1, 1).float()
+
+    # Background: a vertical gradient of two muted colours, soft blotches, the 2 px checker.
+    t = (y / side).unsqueeze(1)
+    background = scenes["top"].view(b, 3, 1, 1) * (1 - t) + scenes["bottom"].view(b, 3, 1, 1) * t
+    grid = torch.stack([x / side * 2 - 1, y / side * 2 - 1], dim=-1)
+    blotch = F.grid_sample(scenes["blotch"], grid, mode="bicubic", padding_mode="border", align_corners=False)
+    background = background + 0.04 * blotch
+    checker = (1 - 2 * ((px + py) % 2)).unsqueeze(1)
+    background = background * (1 + scenes["checker"].view(b, 1, 1, 1) * checker)
+
+    # The object: a class shape, shaded from the top left, striped at a fixed pixel period.
+    radius = scenes["radius"].view(b, 1, 1)
+    ox, oy = x - scenes["centre"][:, 0].view(b, 1, 1), y - scenes["centre"][:, 1].view(b, 1, 1)
+    alpha = (0.5 - _signed_distance(scenes["classes"], ox, oy, radius)).clamp(0, 1).unsqueeze(1)
+    shade = (1.0 - 0.35 * (ox + oy) / (2 * radius)).clamp(0.5, 1.4).unsqueeze(1)
+    angle = scenes["angle"].view(b, 1, 1)
+    stripes = torch.sin(2 * math.pi * (ox * torch.cos(angle) + oy * torch.sin(angle)) / STRIPE_PERIOD)
+    obj = CLASS_RGB[scenes["classes"]].view(b, 3, 1, 1) * shade * (1.0 + 0.18 * stripes.unsqueeze(1))
+    return (background * (1 - alpha) + obj * alpha).clamp(0, 1)
+
+
+def size_conditioning(scenes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, 6]`` px: width, height, crop_w, crop_h, target_width, target_height of each crop."""
+    native = torch.full_like(scenes["side"], NATIVE_PX)
+    return torch.stack([scenes["side"], scenes["side"], scenes["crop"][:, 0], scenes["crop"][:, 1], native, native],
+                       dim=1)
+
+
+def training_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` training samples: (pictures ``[n, 3, 64, 64]`` in [0, 1], classes, size conditioning)."""
+    scenes = sample_scenes(n, g)
+    return render_scene(scenes), scenes["classes"], size_conditioning(scenes)
