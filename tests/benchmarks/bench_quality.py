@@ -1,6 +1,11 @@
 """Quality benchmark on the embedded demo model: does each method stop repetition and add detail?
 
     python tests/benchmarks/bench_quality.py --comfyui $HOST/ComfyUI [--scales 2 4 8] [--samples 32]
+        [--model-file tests/benchmarks/models/bench_crops.safetensors]
+
+``--model-file`` runs the same on a benchmark model of ``demo/train_bench.py`` (another native
+size, data and conditioning: results that hold on both are not tuned to the demo model); the
+object threshold, the patch grid and the training references follow its native size.
 
 For each scale (× the 128 px native side) it runs real ComfyUI graphs on the demo model, all from
 the same batch of base images (``--samples`` images, one batch from ``--seed``):
@@ -16,9 +21,9 @@ Metrics (``demo/metrics.py``): objects found (mean; target 1) and % with exactly
 downscaled result to the base and the IoU of its object mask with the base's; the Fréchet distance
 of 1:1 32² crop texture features to the training images' (lower = detail more like the training
 data); the power of the top spectral band (periods under 4 px) ÷ the training images' (native-scale
-detail kept); the seam score on the 128 px Pixelsmith patch grid (jump across the grid lines ÷ the
-jump across the latent-cell borders beside them; 1 = no seam) and the worst line anywhere; wall
-time; peak RSS rise. It prints a Markdown table and writes ``quality.png`` (the bars) and
+detail kept); the seam score on the Pixelsmith patch grid, one native side (jump across the grid
+lines ÷ the jump across the latent-cell borders beside them; 1 = no seam) and the worst line
+anywhere; wall time; peak RSS rise. It prints a Markdown table and writes ``quality.png`` (the bars) and
 ``grid_<scale>x.jpg`` (first sample of each method, same seed) to ``--out``.
 """
 from __future__ import annotations
@@ -39,8 +44,6 @@ from harness.graphs import DEMO_METHODS as METHODS
 from harness.graphs import DEMO_NATIVE as NATIVE
 from harness.graphs import demo_base_graph, demo_method_graph
 from harness.pack import register_pack
-
-PATCH_PX = NATIVE  # the Pixelsmith patch (16 latent px) in image px: the grid the seam score looks at
 
 
 def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--object", default="red disc")
     p.add_argument("--slider", type=float, nargs=2, default=[0.8, 0.9], metavar=("FIRST", "LATER"),
                    help="Pixelsmith slider as a fraction of the steps: first ×2 stage, later stages")
+    p.add_argument("--model-file", help="a benchmark model of demo/train_bench.py instead of the demo model")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--out", type=Path, default=Path("out/bench_quality"))
     args = p.parse_args(argv)
@@ -108,20 +112,30 @@ def main(argv=None) -> int:
     from ultrares.demo import metrics
     from ultrares.demo.data import random_classes, render
 
+    native = NATIVE  # also the Pixelsmith patch in image px: the grid the seam score looks at
+    g = torch.Generator().manual_seed(12345)
+    if args.model_file:
+        from safetensors import safe_open
+
+        from ultrares.demo.bench_models import render_scene, sample_scenes
+        with safe_open(args.model_file, "pt") as f:
+            native = int(f.metadata()["native_px"])
+        training = render_scene(sample_scenes(256, g, native_share=1.0), native)
+    else:
+        training = render(random_classes(256, g), g)
+    min_px = round(metrics.MIN_OBJECT_PX * (native / NATIVE) ** 2)  # the threshold is for 128 px pictures
     host = ComfyHost.boot(args.comfyui, Path(tempfile.mkdtemp(prefix="ultrares_quality_")),
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
     args.out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(12345)
-    training = render(random_classes(256, g), g)
     reference = metrics.texture_features(training)
     training_fine = metrics.fine_energy(training)
-    graph = demo_base_graph(args.samples, args.seed, args.steps, args.cfg, args.object)
+    graph = demo_base_graph(args.samples, args.seed, args.steps, args.cfg, args.object, args.model_file, native)
     start = time.perf_counter()
     base_result = host.run(graph)
     base_s = time.perf_counter() - start
     base = image_tensor(host.saved_images(base_result, "base_save"))
-    counts = metrics.count_objects(base)
-    print(f"base {NATIVE}²: {args.samples} samples in {base_s:.1f} s; objects mean {np.mean(counts):.2f}, "
+    counts = metrics.count_objects(base, min_px)
+    print(f"base {native}²: {args.samples} samples in {base_s:.1f} s; objects mean {np.mean(counts):.2f}, "
           f"exactly one {100 * np.mean(np.array(counts) == 1):.0f} %", flush=True)
 
     rows = []
@@ -131,25 +145,26 @@ def main(argv=None) -> int:
     for scale in args.scales:
         grid = {"base": base[0]}
         for method in args.methods:
-            nodes = demo_method_graph(method, scale, args.samples, args.seed, args.steps, args.cfg, args.slider)
+            nodes = demo_method_graph(method, scale, args.samples, args.seed, args.steps, args.cfg, args.slider,
+                                      args.model_file, native)
             with Meter(cuda=False) as meter:
                 start = time.perf_counter()
                 result = host.run({**graph, **nodes})
                 wall = time.perf_counter() - start
             images = image_tensor(host.saved_images(result, f"{method}.save"))
-            found = np.array(metrics.count_objects(images))
+            found = np.array(metrics.count_objects(images, min_px))
             row = {"scale": scale, "method": method, "objects": float(found.mean()),
                    "one_pct": float(100 * (found == 1).mean()),
                    "ssim": float(metrics.structure_ssim(images, base).mean()),
                    "iou": float(metrics.mask_iou(images, base).mean()),
                    "texture": metrics.texture_distance(images, reference),
                    "fine": metrics.fine_energy(images) / training_fine,
-                   "seam": float(metrics.seam_score(images, PATCH_PX).mean()),
+                   "seam": float(metrics.seam_score(images, native).mean()),
                    "worst_line": float(metrics.worst_line(images).mean()),
                    "wall": wall, "rss": (meter.peak_rss - meter.base_rss) / 2**30}
             rows.append(row)
             grid[method] = images[0]
-            print(f"| {scale}× ({NATIVE * scale}²) | {method} | {row['objects']:.2f} | {row['one_pct']:.0f} | "
+            print(f"| {scale}× ({native * scale}²) | {method} | {row['objects']:.2f} | {row['one_pct']:.0f} | "
                   f"{row['ssim']:.3f} | {row['iou']:.3f} | {row['texture']:.1f} | {row['fine']:.2f} | "
                   f"{row['seam']:.3f} | {row['worst_line']:.2f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
         picture_grid(grid, args.out / f"grid_{scale}x.jpg")

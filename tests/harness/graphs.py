@@ -40,15 +40,26 @@ DEMO_NATIVE = 128
 DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast")
 
 
-def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str) -> dict:
-    """Demo model + prompt -> ``samples`` base images at 128² (latent ``base``, images saved by ``base_save``)."""
-    return {
+def _prompt(model_file: str | None) -> tuple[list, list]:
+    """(positive, negative) links of the demo graphs: Demo Prompt's, or the benchmark model node's."""
+    return (["model", 2], ["model", 3]) if model_file else (["prompt", 0], ["prompt", 1])
+
+
+def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str,
+                    model_file: str | None = None, native: int = DEMO_NATIVE) -> dict:
+    """Demo model + prompt -> ``samples`` base images at ``native``² (latent ``base``, images saved by
+    ``base_save``). ``model_file``: a benchmark model of ``demo/train_bench.py`` in place of the demo model."""
+    pos, neg = _prompt(model_file)
+    loader = ({"model": {"class_type": "UltraResTest_BenchModel", "inputs": {
+        "path": model_file, "object": object_class, "width": 0, "height": 0}}} if model_file else {
         "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
-        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}},
+        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}}})
+    return {
+        **loader,
         "empty": {"class_type": "EmptyLatentImage",
-                  "inputs": {"width": DEMO_NATIVE, "height": DEMO_NATIVE, "batch_size": samples}},
+                  "inputs": {"width": native, "height": native, "batch_size": samples}},
         "base": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1], "latent_image": ["empty", 0],
+            "model": ["model", 0], "positive": pos, "negative": neg, "latent_image": ["empty", 0],
             "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "base_image": {"class_type": "VAEDecode", "inputs": {"samples": ["base", 0], "vae": ["model", 1]}},
         "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_image", 0], "filename_prefix": "base"}},
@@ -56,17 +67,19 @@ def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_clas
 
 
 def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: int, cfg: float,
-                      sliders: tuple[float, float] = (0.8, 0.9)) -> dict:
+                      sliders: tuple[float, float] = (0.8, 0.9), model_file: str | None = None,
+                      native: int = DEMO_NATIVE) -> dict:
     """Nodes (ids prefixed ``<method>.``) taking the base of :func:`demo_base_graph` to ``scale`` ×
     its side with ``method``; the images are saved by node ``<method>.save``.
 
     Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
-    stage, ``sliders[1]`` on later ones; patch = the native 16 latent px); FreeScale Upscale goes
-    through every ×2 size.
+    stage, ``sliders[1]`` on later ones; patch = the native size in latent px); FreeScale Upscale goes
+    through every ×2 size. ``model_file`` / ``native``: as for :func:`demo_base_graph`.
     """
-    side, stages = DEMO_NATIVE * scale, scale.bit_length() - 1
+    side, stages = native * scale, scale.bit_length() - 1
+    pos, neg = _prompt(model_file)
     m = f"{method}."
-    common = {"model": ["model", 0], "positive": ["prompt", 0], "negative": ["prompt", 1],
+    common = {"model": ["model", 0], "positive": pos, "negative": neg,
               "seed": seed, "steps": steps, "cfg": cfg}
     if method == "direct":
         nodes = {
@@ -87,13 +100,13 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
         for i in range(stages):
             nodes[f"{m}stage{i}"] = {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(
                 common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
-                slider=round(steps * sliders[min(i, 1)]), patch_size=DEMO_NATIVE // 8, band=2,
+                slider=round(steps * sliders[min(i, 1)]), patch_size=native // 8, band=2,
                 mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
                 decode_image=i == stages - 1)}
             source = [f"{m}stage{i}", 0]
         image = [f"{m}stage{stages - 1}", 1]  # the last stage's decoded IMAGE
     else:
-        sizes = ", ".join(str(DEMO_NATIVE * 2 ** (i + 1)) for i in range(stages))
+        sizes = ", ".join(str(native * 2 ** (i + 1)) for i in range(stages))
         nodes = {
             m + "upscale": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
                 common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=2.0,
