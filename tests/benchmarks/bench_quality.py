@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--object", default="red disc")
     p.add_argument("--slider", type=float, nargs=2, default=[0.8, 0.9], metavar=("FIRST", "LATER"),
                    help="Pixelsmith slider as a fraction of the steps: first ×2 stage, later stages")
+    p.add_argument("--cosine-scale", type=float, default=2.0, help="FreeScale's cosine_scale (paper: 2)")
     p.add_argument("--model-file", help="a benchmark model of demo/train_bench.py instead of the demo model")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--out", type=Path, default=Path("out/bench_quality"))
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         grid = {"base": base[0]}
         for method in args.methods:
             nodes = demo_method_graph(method, scale, args.samples, args.seed, args.steps, args.cfg, args.slider,
-                                      args.model_file, native)
+                                      args.model_file, native, args.cosine_scale)
             with Meter(cuda=False) as meter:
                 start = time.perf_counter()
                 result = host.run({**graph, **nodes})

@@ -68,13 +68,14 @@ def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_clas
 
 def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: int, cfg: float,
                       sliders: tuple[float, float] = (0.8, 0.9), model_file: str | None = None,
-                      native: int = DEMO_NATIVE) -> dict:
+                      native: int = DEMO_NATIVE, cosine_scale: float = 2.0) -> dict:
     """Nodes (ids prefixed ``<method>.``) taking the base of :func:`demo_base_graph` to ``scale`` ×
     its side with ``method``; the images are saved by node ``<method>.save``.
 
     Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
     stage, ``sliders[1]`` on later ones; patch = the native size in latent px); FreeScale Upscale goes
-    through every ×2 size. ``model_file`` / ``native``: as for :func:`demo_base_graph`.
+    through every ×2 size (``cosine_scale``: its detail strength, the paper's 2 by default).
+    ``model_file`` / ``native``: as for :func:`demo_base_graph`.
     """
     side, stages = native * scale, scale.bit_length() - 1
     pos, neg = _prompt(model_file)
@@ -109,7 +110,7 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
         sizes = ", ".join(str(native * 2 ** (i + 1)) for i in range(stages))
         nodes = {
             m + "upscale": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
-                common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=2.0,
+                common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=cosine_scale,
                 cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True)},
             m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "upscale", 0], "vae": ["model", 1]}},
         }
