@@ -40,17 +40,20 @@ def _read_file(path: Path, trainer: str) -> dict[str, torch.Tensor]:
                       f"`python -m {trainer}`.") from None
 
 
-def _read(prefix: str, path: Path | None = None, trainer: str = "demo.train") -> dict[str, torch.Tensor]:
-    """The tensors of a shipped weights file (default: the demo model's) whose keys start with
-    ``prefix``, the prefix dropped."""
-    state = _read_file(path or WEIGHTS, trainer)
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` whose keys start with ``prefix``, the prefix dropped."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None = None) -> None:
+def _read(prefix: str) -> dict[str, torch.Tensor]:
+    """The demo model's tensors whose keys start with ``prefix``, the prefix dropped."""
+    return _strip(_read_file(WEIGHTS, "demo.train"), prefix)
+
+
+def _check_keys(what: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     expected, found = set(module.state_dict()), set(state)
     if expected != found:
-        raise ValueError(f"{(path or WEIGHTS).name}: the {what} weights do not match the demo architecture "
+        raise ValueError(f"{path.name}: the {what} weights do not match the demo architecture "
                          f"(missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}).")
 
 
@@ -76,21 +79,21 @@ def _vae(state: dict[str, torch.Tensor], ddconfig: dict, embed_dim: int, path: P
 
 def load_demo_model() -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.VAE]:
     """(ModelPatcher of the UNet, ComfyUI VAE)."""
-    patcher = _patcher(comfy.supported_models.SDXL(dict(spec.UNET_CONFIG)), _read("unet."), "UNet", WEIGHTS)
-    return patcher, _vae(_read("vae."), spec.VAE_DDCONFIG, spec.VAE_EMBED_DIM, WEIGHTS)
+    state = _read_file(WEIGHTS, "demo.train")
+    patcher = _patcher(comfy.supported_models.SDXL(dict(spec.UNET_CONFIG)), _strip(state, "unet."), "UNet", WEIGHTS)
+    return patcher, _vae(_strip(state, "vae."), spec.VAE_DDCONFIG, spec.VAE_EMBED_DIM, WEIGHTS)
 
 
 def load_demo_cascade() -> tuple[comfy.model_patcher.ModelPatcher, UltraPixelModel, comfy.sd.VAE, list, list]:
     """(stage C, UltraPixel modules, decoder VAE, positive, negative) of the Stable Cascade demo."""
     state = _read_file(CASCADE_WEIGHTS, "demo.train_cascade")
-    part = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in ("stage_c.", "vae.", "text.")}
     config = comfy.supported_models.Stable_Cascade_C(dict(cascade_spec.STAGE_C_CONFIG))
     config.sampling_settings = {"shift": 1.0}  # trained at shift 1, UltraPixel's shift (the 3.6B default is 2)
-    patcher = _patcher(config, part["stage_c."], "stage C", CASCADE_WEIGHTS)
-    vae = _vae(part["vae."], cascade_spec.VAE_DDCONFIG, cascade_spec.VAE_EMBED_DIM, CASCADE_WEIGHTS)
+    patcher = _patcher(config, _strip(state, "stage_c."), "stage C", CASCADE_WEIGHTS)
+    vae = _vae(_strip(state, "vae."), cascade_spec.VAE_DDCONFIG, cascade_spec.VAE_EMBED_DIM, CASCADE_WEIGHTS)
     modules = load_ultrapixel(_read_file(ULTRAPIXEL_WEIGHTS, "demo.train_cascade"), ULTRAPIXEL_WEIGHTS.name,
                               folder=f"the UltraRes pack's demo folder ({ULTRAPIXEL_WEIGHTS.parent})")
-    table = part["text."]["embeddings"].float()
+    table = state["text.embeddings"].float()
     return patcher, modules, vae, _conditioning(table, 0), _conditioning(table, len(cascade_spec.CLASSES))
 
 
