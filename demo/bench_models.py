@@ -1,9 +1,11 @@
-"""The "crops" benchmark model: an SDXL-class model trained on random crops with SDXL's micro-conditioning.
+"""Two benchmark models, "crops" and "pair", trained by :mod:`demo.train_bench`.
 
-An independent model for the quality benchmarks (trained by :mod:`demo.train_bench`), so that their
-results cannot be tuned to the demo model of :mod:`demo.spec`. It is built and used like the demo
-model (ComfyUI's ``AutoencoderKL`` and ``SDXL`` UNet, one learned prompt per class, the same file
-layout) but differs from it in what matters for high-resolution sampling:
+Independent models for the quality benchmarks, so that their results cannot be tuned to the demo
+model of :mod:`demo.spec`.
+
+**crops**: an SDXL-class model trained on random crops with SDXL's micro-conditioning. It is
+built and used like the demo model (ComfyUI's ``AutoencoderKL`` and ``SDXL`` UNet, one learned
+prompt per class, the same file layout) but differs from it in what matters for high-resolution sampling:
 
 * crop and size conditioning as SDXL trains it (Podell et al., arXiv:2307.01952, §2.2
   micro-conditioning): every training sample carries ``width``/``height`` = the size of the scene
@@ -24,11 +26,25 @@ layout) but differs from it in what matters for high-resolution sampling:
 * a 64 px native size (8² latent) instead of 128 px, with the demo's four classes, colours and shapes
   (imported from :mod:`demo.data`), objects of ½ the native side as there.
 
-Everything here is pure torch and deterministic given the generator's state.
+**pair**: two objects per picture, a 1 px texture, no crops (:func:`sample_pairs`). Each native
+64 px picture holds exactly two objects of two different classes on opposite sides of its centre,
+and the prompt names the pair (``PAIR_CLASSES``: "red disc and blue square", …, six prompts), so the
+right count is two and a method that merges, drops or repeats objects shows it. The background
+carries 1 px lines (every other pixel row brighter: a 2 px period, the finest a pixel grid holds)
+and the objects 3 px stripes; every sample is a whole native picture with the native size
+conditioning, as a model trained on one fixed size (SD 1.x-style) sees it. Its UNet is narrower
+at the lowest level than the crops model's (SD 1.x's ``[1, 2, 2]`` width pattern).
+
+Everything here is pure torch and deterministic given the generator's state. :data:`MODELS` maps a
+model name (as in a weights file's ``model`` metadata) to its training samples, its reference
+renderer, its architecture and the number of objects a picture holds.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,3 +145,96 @@ def training_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
     """``n`` training samples: (pictures ``[n, 3, 64, 64]`` in [0, 1], classes, size conditioning)."""
     scenes = sample_scenes(n, g)
     return render_scene(scenes), scenes["classes"], size_conditioning(scenes)
+
+
+# --- the "pair" model --------------------------------------------------------------------------
+
+PAIR_NAME = "bench_pair"
+PAIR_CLASSES = tuple(f"{a} and {b}" for a, b in itertools.combinations(CLASSES, 2))
+PAIR_OF = torch.tensor(list(itertools.combinations(range(len(CLASSES)), 2)))  # [6, 2] class indices
+PAIR_RADIUS = (8.0, 11.0)      # px, each object
+PAIR_OFFSET = (13.0, 15.0)     # px from the picture centre to each object's centre (opposite sides)
+PAIR_JITTER = 3.0              # px, the pair's centre off the picture centre
+PAIR_STRIPE_PERIOD = 3.0       # px, the objects' stripes
+PAIR_LINES = (0.08, 0.16)      # relative brightness swing of the background's 1 px lines
+PAIR_UNET_CONFIG = {**spec.UNET_CONFIG, "image_size": NATIVE_PX // 8, "channel_mult": [1, 2, 2]}
+PAIR_MIN_OBJECT_PX = 100       # ≈ ½ of the smallest object (a triangle of radius 8) at 64 px
+
+
+def sample_pairs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """``n`` random two-object scenes of the pair model (native 64 px, one prompt per class pair).
+
+    The pair is drawn uniformly from ``PAIR_CLASSES``, its axis at a uniform angle, so which object
+    lies where says nothing about the prompt's word order. The number of draws does not depend on
+    their values.
+    """
+    pair = torch.randint(len(PAIR_CLASSES), (n,), generator=g)
+    grey = _uniform(g, n, 0.35, 0.75).view(n, 1)
+    tint = (torch.rand(n, 3, generator=g) - 0.5) * 0.12
+    axis = torch.rand(n, generator=g) * 2 * math.pi
+    offset = _uniform(g, 2 * n, *PAIR_OFFSET).view(n, 2)
+    direction = torch.stack([torch.cos(axis), torch.sin(axis)], dim=1)  # [n, 2]
+    centre = NATIVE_PX / 2 + _uniform(g, 2 * n, -PAIR_JITTER, PAIR_JITTER).view(n, 2)
+    return {
+        "pair": pair, "classes": PAIR_OF[pair],  # [n, 2]
+        "top": grey + tint, "bottom": grey * _uniform(g, n, 0.6, 0.9).view(n, 1) - tint,
+        "blotch": torch.randn(n, 1, 4, 4, generator=g), "lines": _uniform(g, n, *PAIR_LINES),
+        "radius": _uniform(g, 2 * n, *PAIR_RADIUS).view(n, 2),
+        "centres": torch.stack([centre + offset[:, :1] * direction, centre - offset[:, 1:] * direction], dim=1),
+        "angle": torch.rand(n, 2, generator=g) * math.pi,
+    }
+
+
+def render_pairs(scenes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The native pictures of :func:`sample_pairs` scenes, ``[B, 3, 64, 64]`` in [0, 1]."""
+    b, size = scenes["pair"].shape[0], NATIVE_PX
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
+                            torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
+    t = (yy / size).view(1, 1, size, size)
+    picture = scenes["top"].view(b, 3, 1, 1) * (1 - t) + scenes["bottom"].view(b, 3, 1, 1) * t
+    blotch = F.interpolate(scenes["blotch"], size=(size, size), mode="bicubic", align_corners=False)
+    lines = (1 - 2 * (torch.arange(size) % 2)).view(1, 1, size, 1).float()
+    picture = (picture + 0.04 * blotch) * (1 + scenes["lines"].view(b, 1, 1, 1) * lines)
+    for k in range(2):
+        radius = scenes["radius"][:, k].view(b, 1, 1)
+        ox = xx - scenes["centres"][:, k, 0].view(b, 1, 1)
+        oy = yy - scenes["centres"][:, k, 1].view(b, 1, 1)
+        kind = scenes["classes"][:, k]
+        alpha = (0.5 - _signed_distance(kind, ox, oy, radius)).clamp(0, 1).unsqueeze(1)
+        shade = (1.0 - 0.35 * (ox + oy) / (2 * radius)).clamp(0.5, 1.4).unsqueeze(1)
+        angle = scenes["angle"][:, k].view(b, 1, 1)
+        stripes = torch.sin(2 * math.pi * (ox * torch.cos(angle) + oy * torch.sin(angle)) / PAIR_STRIPE_PERIOD)
+        obj = CLASS_RGB[kind].view(b, 3, 1, 1) * shade * (1.0 + 0.18 * stripes.unsqueeze(1))
+        picture = picture * (1 - alpha) + obj * alpha
+    return picture.clamp(0, 1)
+
+
+def pair_training_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` training samples of the pair model: (pictures, pair prompts, native size conditioning ``[n, 6]``)."""
+    scenes = sample_pairs(n, g)
+    sizes = torch.tensor([[SIZE_CONDITIONING[k] for k in ("width", "height", "crop_w", "crop_h", "target_width",
+                                                         "target_height")]]).expand(n, -1)
+    return render_pairs(scenes), scenes["pair"], sizes
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+    """What the trainer and the benchmark need to know of one benchmark model."""
+    name: str
+    classes: tuple[str, ...]
+    unet_config: dict
+    objects: int                 # objects in every native picture: the right count
+    min_object_px: int           # blob size (px) that counts as an object
+    samples: Callable            # (n, generator) -> (pictures, class ids, size conditioning [n, 6])
+    reference: Callable          # (n, generator) -> n native pictures as the model was taught to draw them
+    flip: bool = False           # mirror half of the training batches
+
+
+MODELS = {
+    NAME: BenchModel(NAME, CLASSES, UNET_CONFIG, 1, 175, training_samples,
+                     lambda n, g: render_scene(sample_scenes(n, g, native_share=1.0))),
+    PAIR_NAME: BenchModel(PAIR_NAME, PAIR_CLASSES, PAIR_UNET_CONFIG, 2, PAIR_MIN_OBJECT_PX, pair_training_samples,
+                          lambda n, g: render_pairs(sample_pairs(n, g)), flip=True),
+}

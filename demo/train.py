@@ -162,10 +162,11 @@ def size_embeddings(model, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, sizes: torch.Tensor | None = None,
-               flip: bool = True):
+               flip: bool = True, n_classes: int | None = None):
     """The UNet's EMA state dict and the EMA prompt table. ``sizes`` (``[n, 6]``, see :func:`size_embeddings`)
     is each training latent's micro-conditioning, spec.SIZE_CONDITIONING for all when None; ``flip``
-    mirrors half of the batches (only right for mirror-symmetric data without crop conditioning)."""
+    mirrors half of the batches (only right for mirror-symmetric data without crop conditioning);
+    ``n_classes`` prompts are learned (spec.CLASSES' count when None), plus the empty one."""
     from .spec import CLASSES, CONTEXT_DIM, CONTEXT_TOKENS, LATENT_SCALE, SIZE_CONDITIONING
 
     classes, z_mean, z_std = data
@@ -177,7 +178,8 @@ def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, 
             if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
                 m.weight.zero_()
                 m.bias.zero_()
-    text = torch.nn.Parameter(torch.randn(len(CLASSES) + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
+    n_classes = n_classes or len(CLASSES)
+    text = torch.nn.Parameter(torch.randn(n_classes + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
     if sizes is None:
         sizes = torch.tensor([[SIZE_CONDITIONING[k] for k in ("width", "height", "crop_w", "crop_h", "target_width",
                                                              "target_height")]]).expand(classes.shape[0], -1)
@@ -188,7 +190,7 @@ def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, 
     params = list(unet.parameters()) + [text]
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     n = classes.shape[0]
-    empty = len(CLASSES)
+    empty = n_classes
     t0 = time.time()
     for step in range(args.unet_steps):
         idx = torch.randint(n, (args.unet_batch,), generator=g)

@@ -1,18 +1,19 @@
-"""Train the "crops" benchmark model (:mod:`demo.bench_models`) from scratch on CPU, reproducibly from a seed.
+"""Train a benchmark model (:mod:`demo.bench_models`) from scratch on CPU, reproducibly from a seed.
 
-    python -m demo.train_bench --comfyui PATH/TO/ComfyUI [--seed 0] [--out PATH]
+    python -m demo.train_bench --comfyui PATH/TO/ComfyUI [--model bench_crops|bench_pair] [--seed 0] [--out PATH]
 
 (run from the pack's root with the Python that runs ComfyUI, as ``demo.train``; ``--out`` defaults to
-``tests/benchmarks/models/bench_crops.safetensors``). The phases and losses are those of
-:mod:`demo.train`, whose functions do the work, on the samples of :func:`demo.bench_models.training_samples`
-(half whole 64 px scenes, half 64 px crops of larger scenes at random offsets):
+``tests/benchmarks/models/<model>.safetensors``). The phases and losses are those of
+:mod:`demo.train`, whose functions do the work, on the model's samples (``bench_crops``: half whole
+64 px scenes, half 64 px crops of larger scenes at random offsets; ``bench_pair``: whole 64 px
+pictures of two objects):
 
 1. the VAE on those samples, its latent then normalised to SDXL's latent scale;
 2. ``--images`` samples are encoded once, each with its micro-conditioning (scene size, crop
    offset, native target size) as SDXL trains it (Podell et al., arXiv:2307.01952, §2.2);
 3. the UNet (ComfyUI's ``SDXL`` config, ``bench_models.UNET_CONFIG``) with each latent's own size
-   embedding from ComfyUI's ``SDXL.encode_adm`` and no mirroring (a mirrored crop would need another
-   crop offset); ε-prediction, min-SNR-5, 10 % empty-prompt dropout, AdamW + cosine, EMA saved.
+   embedding from ComfyUI's ``SDXL.encode_adm`` and no mirroring for crops (a mirrored crop would need
+   another crop offset); ε-prediction, min-SNR-5, 10 % empty-prompt dropout, AdamW + cosine, EMA saved.
 
 The file holds ``vae.*``, ``unet.*`` and ``text.embeddings`` in fp16, as the demo model's, with the
 architecture and the native conditioning in its metadata. The defaults (6.3 M-parameter UNet, 6000 steps
@@ -28,20 +29,12 @@ import torch
 
 from .train import ROOT, arg_parser, log, normalise_latent_, save_model, start, train_unet, train_vae
 
-OUT = ROOT / "tests" / "benchmarks" / "models" / "bench_crops.safetensors"
-
-
-def images(n: int, g: torch.Generator) -> torch.Tensor:
-    from .bench_models import training_samples
-
-    return training_samples(n, g)[0]
+MODELS_DIR = ROOT / "tests" / "benchmarks" / "models"
 
 
 @torch.no_grad()
-def encode_samples(vae, n: int, g: torch.Generator):
+def encode_samples(vae, n: int, g: torch.Generator, training_samples):
     """``n`` training samples encoded: (classes, posterior mean, posterior std, size conditioning ``[n, 6]``)."""
-    from .bench_models import training_samples
-
     out = []
     t0 = time.time()
     for i in range(0, n, 64):
@@ -53,18 +46,26 @@ def encode_samples(vae, n: int, g: torch.Generator):
 
 
 def main(argv=None) -> int:
-    p = arg_parser(__doc__, OUT)
+    p = arg_parser(__doc__, None)
+    p.add_argument("--model", default="bench_crops", choices=["bench_crops", "bench_pair"])
     p.set_defaults(vae_steps=1500, images=16000, unet_steps=6000)
     args = p.parse_args(argv)
+    args.out = args.out or MODELS_DIR / f"{args.model}.safetensors"
     g = start(args)
     from . import bench_models as bm
 
+    spec = bm.MODELS[args.model]
+
+    def images(n: int, g: torch.Generator) -> torch.Tensor:
+        return spec.samples(n, g)[0]
+
     vae = train_vae(args, g, ddconfig=bm.VAE_DDCONFIG, embed_dim=bm.VAE_EMBED_DIM, images=images)
     normalise_latent_(vae, g, latent_scale=bm.LATENT_SCALE, images=images)
-    classes, mean, std, sizes = encode_samples(vae, args.images, g)
-    unet, text = train_unet(args, (classes, mean, std), g, unet_config=bm.UNET_CONFIG, sizes=sizes, flip=False)
-    save_model(args, vae, unet, text, bm.CLASSES, model=bm.NAME, native_px=str(bm.NATIVE_PX),
-               unet_config=json.dumps(bm.UNET_CONFIG), vae_ddconfig=json.dumps(bm.VAE_DDCONFIG),
+    classes, mean, std, sizes = encode_samples(vae, args.images, g, spec.samples)
+    unet, text = train_unet(args, (classes, mean, std), g, unet_config=spec.unet_config, sizes=sizes,
+                            flip=spec.flip, n_classes=len(spec.classes))
+    save_model(args, vae, unet, text, spec.classes, model=spec.name, native_px=str(bm.NATIVE_PX),
+               unet_config=json.dumps(spec.unet_config), vae_ddconfig=json.dumps(bm.VAE_DDCONFIG),
                vae_embed_dim=str(bm.VAE_EMBED_DIM), size_conditioning=json.dumps(bm.SIZE_CONDITIONING))
     return 0
 

@@ -33,3 +33,16 @@ def advanced() -> dict:
     Read when a schema is defined, so a test can swap :data:`ADVANCED_KWARGS`.
     """
     return dict(ADVANCED_KWARGS)
+
+
+def keep_detail_input() -> io.Boolean.Input:
+    """The ``keep_detail`` switch of the cascade nodes (``_stage.reencode(keep_detail=...)``); optional, so
+    prompts saved before it existed still run (as off)."""
+    return io.Boolean.Input(
+        "keep_detail", default=False, optional=True,
+        tooltip="On = keeps the model's own fine texture (grain, fabric, tiny patterns) that the resize between "
+                "stages washes out; try on when results look flat or soft. Off = the paper's stage input. "
+                "UltraRes addition: the broad latent content comes from the previous stage's latent itself "
+                "(which still carries the texture of every cell), the sharp edges from the resized image. "
+                "Costs one blur of the latent (and one VAE encode at the input size when an IMAGE is given); "
+                "off reproduces earlier results exactly.")

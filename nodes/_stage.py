@@ -5,7 +5,8 @@ inside a single node. What they have in common lives here, so each node only say
 particular to its method:
 
 * :func:`decode` / :func:`encode` with a :class:`Tiling` (when to switch to ComfyUI's tiled VAE
-  calls, with which tiles) and :func:`reencode` (decode → resize in pixel space → encode);
+  calls, with which tiles) and :func:`reencode` (decode → resize in pixel space → encode,
+  optionally keeping the source latent's native-scale detail);
 * :func:`cfg_guider` and :func:`leading_sigmas` (exactly N "leading" steps, the schedule both
   training-free papers use);
 * :func:`latent_px` (image px per latent cell, from what ComfyUI knows of the model and VAE);
@@ -25,6 +26,8 @@ import comfy.utils
 import latent_preview
 import torch
 from tqdm.auto import tqdm
+
+from ..kernels.detail import keep_latent_detail
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -73,16 +76,21 @@ Resize = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
 def reencode(vae: VAE, source: torch.Tensor, size: tuple[int, int], resize: Resize, tiling: Tiling,
-             source_is_latent: bool = True) -> torch.Tensor:
+             source_is_latent: bool = True, keep_detail: bool = False) -> torch.Tensor:
     """The image of ``source`` (LATENT samples, or an IMAGE) resized to ``size`` (H, W) px, encoded.
 
-    Intermediate images are dropped as soon as they are used, so a stage holds at most the
-    source and the resized image in RAM at once.
+    ``keep_detail``: the low latent band comes from the source's own latent (an IMAGE source is
+    encoded at its size for it), see :func:`kernels.detail.keep_latent_detail`. Intermediate
+    images are dropped as soon as they are used, so a stage holds at most the source and the
+    resized image in RAM at once.
     """
     image = decode(vae, source, tiling) if source_is_latent else source
     resized = resize(image[..., :3], size)
+    source_latent = (source if source_is_latent else encode(vae, image[..., :3], tiling)) if keep_detail else None
     del image
-    return encode(vae, resized, tiling)
+    z = encode(vae, resized, tiling)
+    del resized
+    return z if source_latent is None else keep_latent_detail(z, source_latent)
 
 
 def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

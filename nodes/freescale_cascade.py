@@ -28,7 +28,7 @@ from comfy_api.latest import io
 from ..kernels import freescale
 from . import _stage as stage
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model
-from ._schema import advanced
+from ._schema import advanced, keep_detail_input
 from .freescale_dilation import apply_restrained_dilation
 from .freescale_fusion import apply_scale_fusion
 
@@ -266,6 +266,7 @@ class FreeScaleUpscale(io.ComfyNode):
                                  tooltip="On = the paper's setting; leave on. Applies ComfyUI's FreeU (v1) with the "
                                          "paper's b1 1.1, b2 1.2, s1 0.6, s2 0.4 during the upscaling stages.",
                                  **advanced()),
+                keep_detail_input(),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
             outputs=[io.Latent.Output(tooltip="The upscaled image as a latent; decode it with VAE Decode (Tiled) at "
@@ -275,7 +276,8 @@ class FreeScaleUpscale(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelPatcher, vae: VAE, positive: list, negative: list, latent: dict, resolutions: str,
                 seed: int, steps: int, cfg: float, cosine_scale: float, cosine_scale_bg: float, fast_mode: bool,
-                dilation: bool, freeu: bool, mask: torch.Tensor | None = None) -> io.NodeOutput:
+                dilation: bool, freeu: bool, keep_detail: bool = False, mask: torch.Tensor | None = None
+                ) -> io.NodeOutput:
         check_numbers(cls, locals())
         samples = latent["samples"]
         check_vae_matches_model(model, vae)
@@ -300,7 +302,7 @@ class FreeScaleUpscale(io.ComfyNode):
         with stage.StageProgress(model, (steps - restart) * len(sizes), "FreeScale") as progress:
             for k, size in enumerate(sizes):
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                x_up = stage.reencode(vae, x, size, freescale.upsample_image, TILING)
+                x_up = stage.reencode(vae, x, size, freescale.upsample_image, TILING, keep_detail=bool(keep_detail))
                 stage_seed = (seed + k) % 2**64
                 noise = stage.noise_for(x_up, stage_seed, latent.get("batch_index"))
                 callback = progress.callback(f"stage {size[1]}x{size[0]}", first_step=restart)

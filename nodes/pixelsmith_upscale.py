@@ -24,6 +24,7 @@ from comfy_api.latest import io
 
 from . import _stage as stage
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model, model_latent_channels
+from ._schema import keep_detail_input
 from .pixelsmith_sampler import PROGRESS_UNITS, PixelsmithSampler, build_config, sampler_inputs
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class PixelsmithUpscale(io.ComfyNode):
                                          "the last one. Decodes the result for the IMAGE output (full image up to 64 "
                                          "Mpx, else a preview); off = the output is only a small preview, saving a "
                                          "full decode."),
+                keep_detail_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -127,7 +129,7 @@ class PixelsmithUpscale(io.ComfyNode):
     def execute(cls, model: ModelPatcher, vae: VAE, positive: list, negative: list, scale_by: float,
                 target_width: int, target_height: int, seed: int, steps: int, cfg: float, slider: int,
                 patch_size: int, band: int, mode: str, patch_batch: int, crop_conditioning: str, state_device: str,
-                decode_image: bool = True, image: torch.Tensor | None = None,
+                decode_image: bool = True, keep_detail: bool = False, image: torch.Tensor | None = None,
                 latent: dict | None = None) -> io.NodeOutput:
         check_numbers(cls, locals())
         if (image is None) == (latent is None):
@@ -152,7 +154,8 @@ class PixelsmithUpscale(io.ComfyNode):
         log.info("Pixelsmith Upscale: %dx%d -> %dx%d, slider %d, %d steps, cfg %.2f, %s",
                  src_hw[1], src_hw[0], tw, th, slider, steps, cfg, mode)
         source = image if image is not None else latent["samples"]
-        z_up = stage.reencode(vae, source, (th, tw), stage.lanczos, TILING, source_is_latent=image is None)
+        z_up = stage.reencode(vae, source, (th, tw), stage.lanczos, TILING, source_is_latent=image is None,
+                              keep_detail=bool(keep_detail))
         z_up = comfy.sample.fix_empty_latent_channels(model, z_up)
 
         guider = stage.cfg_guider(model, positive, negative, cfg)

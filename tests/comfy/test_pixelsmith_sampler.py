@@ -159,7 +159,7 @@ def test_regional_conditioning_is_refused_clearly(host, rec):
         host.run(graph)
 
 
-def upscale_graph(kind="sdxl", via="latent", scale=2.0, target_width=0, slider=2, steps=2, mode="faithful"):
+def upscale_graph(kind="sdxl", via="latent", scale=2.0, target_width=0, slider=2, steps=2, mode="faithful", **extra):
     from comfy_execution.graph_utils import GraphBuilder
 
     g = GraphBuilder(prefix="")
@@ -176,7 +176,7 @@ def upscale_graph(kind="sdxl", via="latent", scale=2.0, target_width=0, slider=2
     up = g.node("UltraRes_PixelsmithUpscale", model=ckpt.out(0), vae=ckpt.out(2), positive=pos.out(0),
                 negative=neg.out(0), **src, scale_by=scale, target_width=target_width, target_height=0,
                 seed=5, steps=steps, cfg=7.5, slider=slider, patch_size=8, band=2, mode=mode,
-                patch_batch=0, crop_conditioning="fixed", state_device="auto", decode_image=True)
+                patch_batch=0, crop_conditioning="fixed", state_device="auto", decode_image=True, **extra)
     g.node("UltraResTest_RecordLatent", samples=up.out(0), tag="up")
     save = g.node("SaveImage", images=up.out(1), filename_prefix="pixelsmith_up")
     return g.finalize(), save.id
@@ -188,6 +188,18 @@ def test_upscale_node_runs(host, rec, kind, via):
     img = host.saved_images(host.run(graph), save_id)[0]
     assert img.shape == (128, 128, 3)
     assert rec.LATENTS["up"].shape == (1, 4, 16, 16)
+
+
+@pytest.mark.parametrize("via", ["latent", "image"])
+def test_upscale_keep_detail_is_opt_in_and_seeded(host, rec, via):
+    results = {}
+    for name, extra in (("default", {}), ("off", {"keep_detail": False}), ("on", {"keep_detail": True}),
+                        ("on again", {"keep_detail": True})):
+        host.run(upscale_graph(via=via, **extra)[0])
+        results[name] = rec.LATENTS["up"].clone()
+    assert torch.equal(results["default"], results["off"]), "off is the paper's stage, as before"
+    assert torch.equal(results["on"], results["on again"])
+    assert (results["on"] - results["off"]).abs().mean() > 1e-3
 
 
 def test_upscale_target_width_keeps_aspect_and_needs_one_source(host, rec):

@@ -37,7 +37,9 @@ def txt2img(kind: str = "sdxl", seed: int = 1, size: int = 64, steps: int = 3, m
 # The embedded demo model (native size 128 px), shared by tests/comfy/test_demo_model.py and
 # tests/benchmarks/bench_quality.py.
 DEMO_NATIVE = 128
-DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast")
+DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast",
+                "pixelsmith-faithful+detail", "pixelsmith-fast+detail", "freescale-normal+detail",
+                "freescale-fast+detail")
 
 
 def _prompt(model_file: str | None) -> tuple[list, list]:
@@ -74,12 +76,15 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
 
     Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
     stage, ``sliders[1]`` on later ones; patch = the native size in latent px); FreeScale Upscale goes
-    through every ×2 size (``cosine_scale``: its detail strength, the paper's 2 by default).
-    ``model_file`` / ``native``: as for :func:`demo_base_graph`.
+    through every ×2 size (``cosine_scale``: its detail strength, the paper's 2 by default). A
+    ``+detail`` suffix turns the methods' ``keep_detail`` on. ``model_file`` / ``native``: as for
+    :func:`demo_base_graph`.
     """
     side, stages = native * scale, scale.bit_length() - 1
+    name, (method, _, extra) = method, method.partition("+")
+    keep_detail = extra == "detail"
     pos, neg = _prompt(model_file)
-    m = f"{method}."
+    m = f"{name}."
     common = {"model": ["model", 0], "positive": pos, "negative": neg,
               "seed": seed, "steps": steps, "cfg": cfg}
     if method == "direct":
@@ -103,7 +108,7 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
                 common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
                 slider=round(steps * sliders[min(i, 1)]), patch_size=native // 8, band=2,
                 mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
-                decode_image=i == stages - 1)}
+                decode_image=i == stages - 1, keep_detail=keep_detail)}
             source = [f"{m}stage{i}", 0]
         image = [f"{m}stage{stages - 1}", 1]  # the last stage's decoded IMAGE
     else:
@@ -111,10 +116,11 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
         nodes = {
             m + "upscale": {"class_type": "UltraRes_FreeScaleUpscale", "inputs": dict(
                 common, vae=["model", 1], latent=["base", 0], resolutions=sizes, cosine_scale=cosine_scale,
-                cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True)},
+                cosine_scale_bg=1.0, fast_mode=method.endswith("fast"), dilation=True, freeu=True,
+                keep_detail=keep_detail)},
             m + "image": {"class_type": "VAEDecode", "inputs": {"samples": [m + "upscale", 0], "vae": ["model", 1]}},
         }
         image = [m + "image", 0]
     nodes[m + "save"] = {"class_type": "SaveImage",
-                         "inputs": {"images": image, "filename_prefix": f"{method}_{scale}x"}}
+                         "inputs": {"images": image, "filename_prefix": f"{name.replace('+', '_')}_{scale}x"}}
     return nodes
