@@ -142,6 +142,23 @@ def _check_inputs(x: torch.Tensor, z_up: torch.Tensor, noise: torch.Tensor, sigm
     return sigma_list, alphas, min(slider, N)
 
 
+AUTO_SLIDER = -1
+PAPER_SLIDER_FRACTION = (0.4, 0.6)  # of the steps: README 20 for ×2 (1024 → 2048), 30 for ×4 (→ 4096), of 50
+
+
+def auto_slider(steps: int, latent_hw: tuple[int, int], patch_size: int) -> int:
+    """The paper's Slider as a fraction of ``steps``: 40 % up to 2× the native side, 60 % beyond.
+
+    Thanos-DB/Pixelsmith@28c992b ``README.md`` chains 1024² → 2048² with ``slider=20`` and → 4096²
+    with ``slider=30``, both of 50 steps; the native side is the patch (``patch_size`` latent px,
+    the model's training size), so a stage whose larger latent side is at most twice the patch
+    side is a first ×2 stage. Scaling with ``steps`` keeps the guided share when the step count
+    changes (a fixed 20 of 20 steps would guide every step).
+    """
+    fraction = PAPER_SLIDER_FRACTION[0] if max(latent_hw) <= 2 * patch_size else PAPER_SLIDER_FRACTION[1]
+    return round(fraction * steps)
+
+
 def start_latent(z_up: torch.Tensor, noise: torch.Tensor, sigma_0: float, alpha_0: float = 1.0) -> torch.Tensor:
     """``G[0] = α_0·z_up + σ_0·n``: the noised upscaled image every Pixelsmith run starts from."""
     return alpha_0 * z_up + sigma_0 * noise

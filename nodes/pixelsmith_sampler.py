@@ -62,7 +62,7 @@ MAX_AUTO_PATCH_BATCH = 64
 
 @dataclasses.dataclass(frozen=True)
 class PixelsmithConfig:
-    slider: int               # S, guided steps
+    slider: int               # S, guided steps; -1 = auto (the paper's share of the steps)
     patch_size: int           # P, latent px
     band: int                 # averaging band half-width, latent px
     mode: str                 # faithful | fast
@@ -76,8 +76,8 @@ class PixelsmithConfig:
 
 def validate_config(config: PixelsmithConfig) -> None:
     """Clear errors that name the offending input (run once, when a config is made)."""
-    if config.slider < 0:
-        raise ValueError(f"slider must be >= 0 (guided steps), got {config.slider}")
+    if config.slider < pixelsmith.AUTO_SLIDER:
+        raise ValueError(f"slider must be >= 0 (guided steps) or -1 (auto), got {config.slider}")
     if config.patch_size < 8:
         raise ValueError(f"patch_size must be >= 8 latent px, got {config.patch_size}")
     check_band(config.band, config.patch_size)
@@ -237,12 +237,15 @@ class PixelsmithSampler(comfy.samplers.Sampler):
             check_band(config.band, min(patch_hw), f": patch_size {config.patch_size} is clamped to the "
                                                      f"{W}x{H} latent")
         on_cpu, z_up, n = staged_state(config.state_device, latent_image, noise)
+        slider = config.slider
+        if slider == pixelsmith.AUTO_SLIDER:
+            slider = pixelsmith.auto_slider(len(alphas) - 1, (H, W), config.patch_size)
         patch_batch = 1
         if config.mode == "fast":
             patch_batch = config.patch_batch or auto_patch_batch(inner_model, device, latent_image.shape, patch_hw)
         log.info("Pixelsmith: latent %dx%d (batch %d), patch %dx%d, mode %s, %d patches/call, "
                  "slider %d of %d steps, state on %s", W, H, B, patch_hw[1], patch_hw[0], config.mode,
-                 patch_batch, config.slider, len(alphas) - 1, "cpu" if on_cpu else device)
+                 patch_batch, slider, len(alphas) - 1, "cpu" if on_cpu else device)
 
         cond_builder = PatchConditioning(model_wrap.conds, inner_model, (H, W), B, config.crop_mode)
 
@@ -261,7 +264,7 @@ class PixelsmithSampler(comfy.samplers.Sampler):
             out = pixelsmith.sample_pixelsmith(
                 denoise, pixelsmith.start_latent(z_up, n, float(sigmas_cpu[0]), alphas[0]), sigmas_cpu,
                 {k: v for k, v in extra_args.items() if k in ("model_options", "seed")}, progress,
-                z_up=z_up, noise=n, slider=config.slider, generator=generator, patch_size=config.patch_size,
+                z_up=z_up, noise=n, slider=slider, generator=generator, patch_size=config.patch_size,
                 band=config.band, mode=config.mode, patch_batch=patch_batch, device=device, signal_scales=alphas)
         finally:
             progress.close()
@@ -275,14 +278,16 @@ class PixelsmithSampler(comfy.samplers.Sampler):
 # --------------------------------------------------------------------------------------------- #
 
 
-def sampler_inputs(default_slider: int = 20) -> list:
+def sampler_inputs() -> list:
     """Inputs shared by the SAMPLER node and the convenience upscale node."""
     return [
-        io.Int.Input("slider", default=default_slider, min=0, max=1000,
+        io.Int.Input("slider", default=pixelsmith.AUTO_SLIDER, min=pixelsmith.AUTO_SLIDER, max=1000,
                      tooltip="Higher = closer to your image, lower = more new detail and more risk of repeated "
-                             "objects; try 20 for a ×2 stage, 30 for ×4. Pixelsmith Slider S: number of guided "
-                             "steps (phase fusion on steps 0..S-1, chessboard on 0..S-2). Paper: 20 for ×2, 30 "
-                             "for ×4 (of 50). Safe range 10-40; 0 = no guidance."),
+                             "objects; leave at -1 (auto) to start. Pixelsmith Slider S: number of guided steps "
+                             "(phase fusion on steps 0..S-1, chessboard on 0..S-2). -1 = the paper's share of the "
+                             "steps: 40 % while the image is at most 2× the patch side (20 of 50 for SDXL 2048²), "
+                             "60 % beyond (30 of 50 for 4096²). 0 = no guidance. Small or distilled models may "
+                             "need more (80-90 % of the steps) when objects repeat."),
         io.Int.Input("patch_size", default=128, min=8, max=1024, step=8,
                      tooltip="Set it to your model's native size in latent px: 128 for SDXL (1024 px), 64 for "
                              "SD1.5 (512 px). Patch side P in latent px (official 128 = 1024 px on SDXL); smaller "
@@ -335,7 +340,7 @@ class PixelsmithSamplerNode(io.ComfyNode):
             category="UltraRes/Pixelsmith",
             description=(
                 "Re-draws an upscaled image with full detail, patch by patch, without repeated objects; "
-                "start with slider 20 for a ×2 stage (30 for ×4). Pixelsmith (Tragakis et al., 2024) as a "
+                "leave slider at -1 (auto: the paper's 20 of 50 steps for a ×2 stage, 30 for ×4). Pixelsmith (Tragakis et al., 2024) as a "
                 "SAMPLER for SamplerCustomAdvanced: denoises the upscaled latent patch by patch at the model's native size, starting from the noised "
                 "upscaled image and guiding the first S steps (the Slider) with its phase (FFT fusion) "
                 "and a chessboard of its pixels. Feed it the upscaled guidance latent as latent_image, "

@@ -64,8 +64,8 @@ class PixelsmithUpscale(io.ComfyNode):
             category="UltraRes/Pixelsmith",
             description=(
                 "Makes your image bigger (2× per stage) and re-draws it with sharp new detail, without "
-                "repeated objects; start with scale_by 2, slider 20 (30 on a second ×2 stage), 50 steps and "
-                "cfg 7.5. One Pixelsmith (Tragakis et al., 2024) cascade stage: Lanczos-resizes the input image "
+                "repeated objects; start with scale_by 2, slider -1 (auto: 20 of 50 steps, 30 on a second ×2 "
+                "stage), 50 steps and cfg 7.5. One Pixelsmith (Tragakis et al., 2024) cascade stage: Lanczos-resizes the input image "
                 "(or the decoded input latent) in pixel space, encodes it with a tiled VAE encode and "
                 "re-generates it at the new size with the Pixelsmith patch sampler (Slider guidance, "
                 "CFG, the DDIM leading timesteps of Thanos-DB/Pixelsmith). Chain stages by "
@@ -151,8 +151,8 @@ class PixelsmithUpscale(io.ComfyNode):
         check_ram(f"scale_by / target size: the stage {src_hw[1]}x{src_hw[0]} -> {tw}x{th} px",
                   stage.stage_ram_bytes(batch, src_hw, (th, tw), model_latent_channels(model), multiple),
                   "Use a smaller stage (lower scale_by / target size) or a machine with more RAM.")
-        log.info("Pixelsmith Upscale: %dx%d -> %dx%d, slider %d, %d steps, cfg %.2f, %s",
-                 src_hw[1], src_hw[0], tw, th, slider, steps, cfg, mode)
+        log.info("Pixelsmith Upscale: %dx%d -> %dx%d, slider %s, %d steps, cfg %.2f, %s",
+                 src_hw[1], src_hw[0], tw, th, slider if slider >= 0 else "auto", steps, cfg, mode)
         source = image if image is not None else latent["samples"]
         z_up = stage.reencode(vae, source, (th, tw), stage.lanczos, TILING, source_is_latent=image is None,
                               keep_detail=bool(keep_detail))

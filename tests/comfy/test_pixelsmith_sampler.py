@@ -278,3 +278,13 @@ def test_controlnet_graph_runs_and_changes_the_result(host, rec):
     graph, _ = sampler_graph(kind="sd15", steps=2, control=False, latent_seed=21)
     host.run(graph)
     assert not torch.allclose(with_cn, rec.LATENTS["out"], atol=1e-4)
+
+
+def test_auto_slider_is_the_papers_share_of_the_steps(host, rec):
+    """slider -1 on a 5-step ×2 stage (16² latent, patch 8: at most 2× the patch) guides
+    round(0.4·5) = 2 steps: bit-identical to slider 2, unlike slider 3."""
+    out = {}
+    for slider in (-1, 2, 3):
+        host.run(upscale_graph(slider=slider, steps=5)[0])
+        out[slider] = rec.LATENTS["up"].clone()
+    assert torch.equal(out[-1], out[2]) and not torch.equal(out[-1], out[3])

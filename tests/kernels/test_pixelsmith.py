@@ -599,3 +599,12 @@ def test_sampler_on_ddim_uniform_schedule():
     out = run_pixelsmith(field_denoiser(x0_field), z_up, z_up, sigmas, slider=20,
                             generator=gen(2), patch_size=16, band=3, mode="fast", patch_batch=4)
     torch.testing.assert_close(out, x0_field)  # last step (σ = 0.0413 -> 0) returns x0
+
+
+def test_auto_slider_follows_the_papers_readme():
+    from ultrares.kernels.pixelsmith import auto_slider
+
+    assert auto_slider(50, (256, 256), 128) == 20, "SDXL 1024² → 2048²: slider 20 of 50"
+    assert auto_slider(50, (512, 512), 128) == 30, "→ 4096²: slider 30 of 50"
+    assert auto_slider(20, (256, 192), 128) == 8, "the same share of fewer steps"
+    assert auto_slider(50, (4096, 4096), 128) == 30
