@@ -152,13 +152,13 @@ def training_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
 PAIR_NAME = "bench_pair"
 PAIR_CLASSES = tuple(f"{a} and {b}" for a, b in itertools.combinations(CLASSES, 2))
 PAIR_OF = torch.tensor(list(itertools.combinations(range(len(CLASSES)), 2)))  # [6, 2] class indices
-PAIR_RADIUS = (8.0, 11.0)      # px, each object
-PAIR_OFFSET = (13.0, 15.0)     # px from the picture centre to each object's centre (opposite sides)
-PAIR_JITTER = 3.0              # px, the pair's centre off the picture centre
+PAIR_RADIUS = (10.0, 12.5)     # px, each object (2.5-3 latent cells across)
+PAIR_OFFSET = (14.0, 16.0)     # px from the picture centre to each object's centre (opposite sides)
+PAIR_JITTER = 2.0              # px, the pair's centre off the picture centre
 PAIR_STRIPE_PERIOD = 3.0       # px, the objects' stripes
-PAIR_LINES = (0.08, 0.16)      # relative brightness swing of the background's 1 px lines
+PAIR_LINES = (0.05, 0.10)      # relative brightness swing of the background's 1 px lines
 PAIR_UNET_CONFIG = {**spec.UNET_CONFIG, "image_size": NATIVE_PX // 8, "channel_mult": [1, 2, 2]}
-PAIR_MIN_OBJECT_PX = 100       # ≈ ½ of the smallest object (a triangle of radius 8) at 64 px
+PAIR_MIN_OBJECT_PX = 90        # ≈ ½ of the smallest object (a triangle of radius 10) at 64 px
 
 
 def sample_pairs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="bench_crops", choices=["bench_crops", "bench_pair"])
     p.set_defaults(vae_steps=1500, images=16000, unet_steps=6000)
     args = p.parse_args(argv)
+    if args.model == "bench_pair" and "--vae-steps" not in (argv or sys.argv):
+        args.vae_steps = 3000  # small objects: the VAE needs longer to keep their colours and shapes
     args.out = args.out or MODELS_DIR / f"{args.model}.safetensors"
     g = start(args)
     from . import bench_models as bm

@@ -56,7 +56,9 @@ def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
               ("texture distance to training data (lower is better)", "texture",
                max(r["texture"] for r in rows) * 1.1)]
     w, h, pad = 900, 300, 40
-    img = Image.new("RGB", (w, h * len(panels) + 30), "white")
+    per_row = 5
+    legend_rows = -(-len(METHODS) // per_row)
+    img = Image.new("RGB", (w, h * len(panels) + 8 + 18 * legend_rows), "white")
     draw = ImageDraw.Draw(img)
     group = (w - 2 * pad) / len(scales)
     bar = group / (len(METHODS) + 1)
@@ -75,9 +77,9 @@ def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
                 top_y = base_y - (h - 70) * min(row[key] / top, 1.0)
                 draw.rectangle([x, top_y, x + bar * 0.9, base_y], fill=colours[m])
     for m, method in enumerate(METHODS):
-        x = pad + m * (w - 2 * pad) / len(METHODS)
-        draw.rectangle([x, h * len(panels) + 8, x + 12, h * len(panels) + 20], fill=colours[m])
-        draw.text((x + 16, h * len(panels) + 8), method, fill="black")
+        x, y = pad + (m % per_row) * (w - 2 * pad) / per_row, h * len(panels) + 8 + 18 * (m // per_row)
+        draw.rectangle([x, y, x + 12, y + 12], fill=colours[m])
+        draw.text((x + 16, y), method, fill="black")
     img.save(path)
 
 
