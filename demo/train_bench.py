@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from . import bench_models as bm
 from .train import ROOT, arg_parser, log, normalise_latent_, save_model, start, train_unet, train_vae
 
 MODELS_DIR = ROOT / "tests" / "benchmarks" / "models"
@@ -47,16 +48,13 @@ def encode_samples(vae, n: int, g: torch.Generator, training_samples):
 
 def main(argv=None) -> int:
     p = arg_parser(__doc__, None)
-    p.add_argument("--model", default="bench_crops", choices=["bench_crops", "bench_pair"])
-    p.set_defaults(vae_steps=1500, images=16000, unet_steps=6000)
+    p.add_argument("--model", default=bm.NAME, choices=list(bm.MODELS))
+    p.set_defaults(vae_steps=None, images=16000, unet_steps=6000)  # vae_steps: the model's own by default
     args = p.parse_args(argv)
-    if args.model == "bench_pair" and "--vae-steps" not in (argv or sys.argv):
-        args.vae_steps = 3000  # small objects: the VAE needs longer to keep their colours and shapes
+    spec = bm.MODELS[args.model]
+    args.vae_steps = args.vae_steps or spec.vae_steps
     args.out = args.out or MODELS_DIR / f"{args.model}.safetensors"
     g = start(args)
-    from . import bench_models as bm
-
-    spec = bm.MODELS[args.model]
 
     def images(n: int, g: torch.Generator) -> torch.Tensor:
         return spec.samples(n, g)[0]

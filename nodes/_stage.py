@@ -86,7 +86,9 @@ def reencode(vae: VAE, source: torch.Tensor, size: tuple[int, int], resize: Resi
     """
     image = decode(vae, source, tiling) if source_is_latent else source
     resized = resize(image[..., :3], size)
-    source_latent = (source if source_is_latent else encode(vae, image[..., :3], tiling)) if keep_detail else None
+    source_latent = None
+    if keep_detail:
+        source_latent = source if source_is_latent else encode(vae, image[..., :3], tiling)
     del image
     z = encode(vae, resized, tiling)
     del resized
