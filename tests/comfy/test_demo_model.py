@@ -84,6 +84,8 @@ def test_methods_repeat_the_object_far_less_than_direct_sampling_at_4x(host, met
     direct = m.count_objects(image_tensor(host.saved_images(result, "direct.save")))
     assert counts.count(1) >= direct.count(1) + SAMPLES // 2, (counts, direct)
     assert np.median(counts) < np.median(direct) / 2, (counts, direct)
+    # No seam on Pixelsmith's 128 px patch grid (1 = the grid lines jump no more than any cell border).
+    assert float(m.seam_score(images, 128).mean()) <= 1.1
 
 
 def test_quality_metrics_see_seams_detail_and_structure(host):
