@@ -146,17 +146,50 @@ def latent_px(vae: VAE) -> int:
     return int(vae.spacial_compression_encode())
 
 
-def model_latent_px(model: ModelPatcher | object) -> int:
-    """Image px per latent cell from the model's latent format, for nodes that get no VAE.
+# Image px per latent cell of the latent formats that do not say so themselves (ComfyUI 0.3.75's
+# formats carry no ``spacial_downscale_ratio``): the downscale of the VAE each format belongs to.
+# Looked up along the format's class hierarchy (Flux derives from SD3). Flux.2's latents are
+# Flux.2 VAE latents (32 channels at 8 px per cell) packed 2×2 into 128 channels: 16 px per cell.
+LATENT_PX = {"SD15": 8, "SDXL": 8, "SDXL_Playground_2_5": 8, "SD3": 8, "Flux": 8, "Wan21": 8, "Flux2": 16}
+# Latent formats whose cells are ``p × p`` packs of a finer latent: p (see LATENT_PX).
+LATENT_PACKING = {"Flux2": 2}
 
-    ``model`` is a ModelPatcher or a ``comfy.model_base`` model. ComfyUI 0.3.75's latent formats
-    only carry ``spacial_downscale_ratio`` where it is not 8, so 8 (SD1.x/SDXL/SD3/Flux) is the
-    default; nodes that also get the VAE pass :func:`latent_px` of it instead.
-    """
+
+def _latent_format(model: ModelPatcher | object) -> object | None:
     latent_format = getattr(model, "latent_format", None)
     if latent_format is None:
         latent_format = getattr(getattr(model, "model", None), "latent_format", None)
-    return int(getattr(latent_format, "spacial_downscale_ratio", 8))
+    return latent_format
+
+
+def _by_format(table: dict[str, int], latent_format: object) -> int | None:
+    return next((table[c.__name__] for c in type(latent_format).__mro__ if c.__name__ in table), None)
+
+
+def model_latent_px(model: ModelPatcher | object) -> int:
+    """Image px per latent cell from the model's latent format, for nodes that get no VAE.
+
+    ``model`` is a ModelPatcher or a ``comfy.model_base`` model. The format's own
+    ``spacial_downscale_ratio`` wins where ComfyUI sets one; else :data:`LATENT_PX`. A format
+    neither knows is refused (never assumed to be 8); nodes that also get the VAE pass
+    :func:`latent_px` of it instead.
+    """
+    latent_format = _latent_format(model)
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    if ratio is None:
+        ratio = _by_format(LATENT_PX, latent_format)
+    if ratio is None:
+        raise ValueError(
+            f"model: UltraRes does not know how many image pixels one latent cell of this model covers (latent "
+            f"format {type(latent_format).__name__}); this node supports SD1.x, SDXL, SD3, Flux, Flux.2, "
+            "Qwen-Image, Lumina2/Z-Image and Wan-latent models.")
+    return int(ratio)
+
+
+def latent_packing(model: ModelPatcher | object) -> int:
+    """``p`` where each latent cell of the model packs ``p × p`` cells of a finer latent (2 for
+    Flux.2), else 1. A packed latent must not be resampled as it is: unpack it first."""
+    return _by_format(LATENT_PACKING, _latent_format(model)) or 1
 
 
 LATENT_COPIES = 6  # full-size latents a stage holds at once: x, its snapshot, noise, x_up, x0, step map

@@ -72,7 +72,7 @@ class PatchConditioning:
         self.crop_mode = crop_mode
         # ComfyUI encodes SDXL's default width/height as latent × 8 (samplers.encode_model_conds);
         # crop coordinates use the same ratio unless the latent format says otherwise.
-        self.px_per_latent = model_latent_px(inner_model)
+        self.px_per_latent = model_latent_px(inner_model) if self.embedder is not None else None
 
     def _crop_y(self, y: torch.Tensor, boxes: list[PatchBox]) -> torch.Tensor:
         """ADM ``(b, D)`` → ``(n·B, D)`` with per-window crop_h/crop_w embeddings."""

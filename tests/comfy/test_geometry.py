@@ -1,0 +1,40 @@
+"""Image px per latent cell come from what ComfyUI knows of the model, never an assumed 8."""
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+
+def stage_module(host):
+    pack = host.module_of("UltraRes_DemoModel").__name__.rsplit(".nodes.", 1)[0]
+    return importlib.import_module(f"{pack}.nodes._stage")
+
+
+def with_format(latent_format) -> object:
+    """A stand-in for a ``comfy.model_base`` model: only its latent format is read."""
+    return types.SimpleNamespace(latent_format=latent_format)
+
+
+def test_latent_px_and_packing_follow_the_latent_format(host):
+    import comfy.latent_formats as formats
+
+    stage = stage_module(host)
+    for fmt, px, packing in [(formats.SD15(), 8, 1), (formats.SDXL(), 8, 1), (formats.SD3(), 8, 1),
+                             (formats.Flux(), 8, 1), (formats.Wan21(), 8, 1), (formats.Flux2(), 16, 2)]:
+        model = with_format(fmt)
+        assert (stage.model_latent_px(model), stage.latent_packing(model)) == (px, packing), type(fmt).__name__
+    # A ModelPatcher-like wrapper (``.model.latent_format``) reads the same.
+    assert stage.model_latent_px(types.SimpleNamespace(model=with_format(formats.Flux2()))) == 16
+
+
+def test_a_format_that_says_its_ratio_wins_and_unknown_formats_are_refused(host):
+    import comfy.latent_formats as formats
+
+    stage = stage_module(host)
+    own = formats.SDXL()
+    own.spacial_downscale_ratio = 4
+    assert stage.model_latent_px(with_format(own)) == 4
+    with pytest.raises(ValueError, match=r"^model: .*latent format SC_Prior"):
+        stage.model_latent_px(with_format(formats.SC_Prior()))
