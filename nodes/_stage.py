@@ -182,7 +182,7 @@ def model_latent_px(model: ModelPatcher | object) -> int:
         raise ValueError(
             f"model: UltraRes does not know how many image pixels one latent cell of this model covers (latent "
             f"format {type(latent_format).__name__}); this node supports SD1.x, SDXL, SD3, Flux, Flux.2, "
-            "Qwen-Image, Lumina2/Z-Image and Wan-latent models.")
+            "Qwen-Image and Lumina2/Z-Image.")
     return int(ratio)
 
 
