@@ -1,15 +1,14 @@
 """Image px per latent cell come from what ComfyUI knows of the model, never an assumed 8."""
 from __future__ import annotations
 
-import importlib
 import types
 
 import pytest
 
 
 def stage_module(host):
-    pack = host.module_of("UltraRes_DemoModel").__name__.rsplit(".nodes.", 1)[0]
-    return importlib.import_module(f"{pack}.nodes._stage")
+    """The pack's ``nodes/_stage.py`` as ComfyUI loaded it (Pixelsmith Upscale imports it as ``stage``)."""
+    return host.module_of("UltraRes_PixelsmithUpscale").stage
 
 
 def with_format(latent_format) -> object:
