@@ -1,4 +1,4 @@
-"""Two benchmark models, "crops" and "pair", trained by :mod:`demo.train_bench`.
+"""Three benchmark models, "crops", "pair" and "dit", trained by :mod:`demo.train_bench`.
 
 Independent models for the quality benchmarks, so that their results cannot be tuned to the demo
 model of :mod:`demo.spec`.
@@ -34,6 +34,11 @@ carries 1 px lines (every other pixel row brighter: a 2 px period, the finest a 
 and the objects 3 px stripes; every sample is a whole native picture with the native size
 conditioning, as a model trained on one fixed size (SD 1.x-style) sees it. Its UNet is narrower
 at the lowest level than the crops model's (SD 1.x's ``[1, 2, 2]`` width pattern).
+
+**dit**: the crops model's whole native scenes (one object, the 2 px checker, no crops) on a Flux-class
+DiT (:data:`DIT_CONFIG`: ComfyUI's Flux transformer, 16-channel latent of Flux's latent format,
+rectified-flow training), so that every method is measured on a transformer with rotary positions as
+well as on UNets. Sampled directly above its native size it loses the one centred object.
 
 Everything here is pure torch and deterministic given the generator's state. :data:`MODELS` maps a
 model name (as in a weights file's ``model`` metadata) to its training samples, its reference
@@ -216,6 +221,27 @@ def pair_training_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, tor
     return render_pairs(scenes), scenes["pair"], size_conditioning(native)
 
 
+# --- the "dit" model ----------------------------------------------------------------------------
+
+DIT_NAME = "bench_dit"
+# A Flux-class transformer (ComfyUI's ``ldm.flux`` Flux with its double- and single-stream blocks, 2×2
+# patches, 3-axis RoPE) at a tiny width: an 8² latent is 4 × 4 = 16 image tokens, plus 4 prompt tokens.
+# No guidance embedding (as Flux schnell): classifier-free guidance works through the empty prompt.
+DIT_CONFIG = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": CONTEXT_DIM,
+    "context_in_dim": CONTEXT_DIM, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 4, "depth": 2,
+    "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+    "guidance_embed": False,
+}
+DIT_LATENT_CHANNELS = 16       # Flux's latent format
+
+
+def native_scene_samples(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` whole native scenes of the crops model (one object, the 2 px checker): pictures, classes, sizes."""
+    scenes = sample_scenes(n, g, native_share=1.0)
+    return render_scene(scenes), scenes["classes"], size_conditioning(scenes)
+
+
 # --- the registry --------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +256,12 @@ class BenchModel:
     reference: Callable          # (n, generator) -> n native pictures as the model was taught to draw them
     flip: bool = False           # mirror half of the training batches
     vae_steps: int = 1500        # VAE training steps
+    arch: str = "sdxl"           # "sdxl": ComfyUI's SDXL config (ε-prediction); "flux": its Flux config (flow)
+    latent_channels: int = VAE_EMBED_DIM
+
+    @property
+    def vae_ddconfig(self) -> dict:
+        return {**VAE_DDCONFIG, "z_channels": self.latent_channels}
 
 
 MODELS = {
@@ -239,4 +271,8 @@ MODELS = {
     # Small objects: the VAE needs longer to keep their colours and shapes.
     PAIR_NAME: BenchModel(PAIR_NAME, PAIR_CLASSES, PAIR_UNET_CONFIG, 2, PAIR_MIN_OBJECT_PX, pair_training_samples,
                           lambda n, g: render_pairs(sample_pairs(n, g)), flip=True, vae_steps=3000),
+    # The crops model's native scenes on a Flux-class DiT: what changes is the architecture only.
+    DIT_NAME: BenchModel(DIT_NAME, CLASSES, DIT_CONFIG, 1, 175, native_scene_samples,
+                         lambda n, g: render_scene(sample_scenes(n, g, native_share=1.0)), arch="flux",
+                         latent_channels=DIT_LATENT_CHANNELS),
 }

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -97,9 +98,10 @@ def train_vae(args, g: torch.Generator, ddconfig: dict | None = None, embed_dim:
 
 @torch.no_grad()
 def normalise_latent_(vae, g: torch.Generator, n: int = 512, latent_scale: float | None = None,
-                      images=demo_images) -> None:
-    """Fold a per-channel affine map into quant_conv/post_quant_conv so that latents times
-    ``latent_scale`` (the model's latent format scale; SDXL's by default) have zero mean, unit variance."""
+                      images=demo_images, latent_shift: float = 0.0) -> None:
+    """Fold a per-channel affine map into quant_conv/post_quant_conv so that ``(latent - latent_shift) ·
+    latent_scale`` (the model's latent format's ``process_in``; SDXL's scale and no shift by default)
+    has zero mean and unit variance."""
     from .spec import LATENT_SCALE
 
     latent_scale = LATENT_SCALE if latent_scale is None else latent_scale
@@ -109,14 +111,14 @@ def normalise_latent_(vae, g: torch.Generator, n: int = 512, latent_scale: float
         means.append(vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0])
     z = torch.cat(means)
     mu, sd = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
-    k = 1.0 / (latent_scale * sd)                       # new z = k (z - mu)
+    k = 1.0 / (latent_scale * sd)                       # new z = k (z - mu) + shift
     c = mu.numel()
     qw, qb = vae.quant_conv.weight, vae.quant_conv.bias  # rows: [mean (c), logvar (c)]
     qw[:c] *= k.view(-1, 1, 1, 1)
-    qb[:c] = (qb[:c] - mu) * k
+    qb[:c] = (qb[:c] - mu) * k + latent_shift
     qb[c:] += 2 * torch.log(k)
-    pw, pb = vae.post_quant_conv.weight, vae.post_quant_conv.bias  # post(z) = W (z/k + mu) + b
-    pb += (pw[:, :, 0, 0] @ mu)
+    pw, pb = vae.post_quant_conv.weight, vae.post_quant_conv.bias  # post(z) = W ((z - shift)/k + mu) + b
+    pb += (pw[:, :, 0, 0] @ (mu - latent_shift / k))
     pw /= k.view(1, -1, 1, 1)
     log(f"latent per-channel mean {mu.tolist()} std {sd.tolist()} -> scale {(1 / k).tolist()}")
 
@@ -137,15 +139,26 @@ def encode_dataset(vae, n: int, g: torch.Generator):
     return classes, torch.cat(mean), torch.cat(std)
 
 
-def build_unet(unet_config: dict | None = None):
+def build_unet(unet_config: dict | None = None, arch: str = "sdxl"):
+    """A ComfyUI ``model_base`` model on the CPU, fp32: ComfyUI's ``SDXL`` config of ``unet_config``
+    (spec.UNET_CONFIG when None), or with ``arch="flux"`` its ``Flux`` config (a transformer)."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
     import comfy.supported_models
 
     from .spec import UNET_CONFIG
 
-    config = comfy.supported_models.SDXL(dict(unet_config or UNET_CONFIG))
+    unet_config = dict(unet_config or UNET_CONFIG)
+    if arch == "flux":
+        # ComfyUI 0.33+ adds FluxParams.txt_ids_dims; Flux.1 checkpoints detect it as [].
+        if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+            unet_config["txt_ids_dims"] = []
+        config = comfy.supported_models.Flux(unet_config)
+    else:
+        config = comfy.supported_models.SDXL(unet_config)
     config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, device=torch.device("cpu"))
-    return model
+    return config.get_model({}, device=torch.device("cpu"))
 
 
 def size_embeddings(model, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,53 +174,32 @@ def size_embeddings(model, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return adm[:, CONTEXT_DIM:], row
 
 
-def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, sizes: torch.Tensor | None = None,
-               flip: bool = True, n_classes: int | None = None):
-    """The UNet's EMA state dict and the EMA prompt table. ``sizes`` (``[n, 6]``, see :func:`size_embeddings`)
-    is each training latent's micro-conditioning, spec.SIZE_CONDITIONING for all when None; ``flip``
-    mirrors half of the batches (only right for mirror-symmetric data without crop conditioning);
-    ``n_classes`` prompts are learned (spec.CLASSES' count when None), plus the empty one."""
-    from .spec import CLASSES, CONTEXT_DIM, CONTEXT_TOKENS, LATENT_SCALE, SIZE_CONDITIONING
+def _new_prompts(n_classes: int, g: torch.Generator) -> torch.nn.Parameter:
+    """The learned prompt table: ``n_classes`` + 1 (the empty prompt, last) rows of ``CONTEXT_TOKENS`` tokens."""
+    from .spec import CONTEXT_DIM, CONTEXT_TOKENS
 
+    return torch.nn.Parameter(torch.randn(n_classes + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
+
+
+def _draw_batch(args, data, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices, clean latents drawn from their posteriors, their classes) of one training batch."""
     classes, z_mean, z_std = data
-    model = build_unet(unet_config)
-    unet = model.diffusion_model
-    reset_parameters_(unet)
-    with torch.no_grad():  # zero the last layer of every residual branch, as in the original UNet
-        for name, m in unet.named_modules():
-            if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
-                m.weight.zero_()
-                m.bias.zero_()
-    n_classes = n_classes or len(CLASSES)
-    text = torch.nn.Parameter(torch.randn(n_classes + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=g))
-    if sizes is None:
-        sizes = torch.tensor([[SIZE_CONDITIONING[k] for k in ("width", "height", "crop_w", "crop_h", "target_width",
-                                                             "target_height")]]).expand(classes.shape[0], -1)
-    size_adm, size_row = size_embeddings(model, sizes)
-    sigmas = model.model_sampling.sigmas.float()
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    idx = torch.randint(classes.shape[0], (args.unet_batch,), generator=g)
+    x0 = z_mean[idx] + z_std[idx] * torch.randn(z_mean[idx].shape, generator=g)
+    return idx, x0, classes[idx]
+
+
+def fit(args, g: torch.Generator, net: torch.nn.Module, text: torch.nn.Parameter,
+        loss_of: Callable[[int], torch.Tensor], what: str):
+    """AdamW (200-step warm-up, cosine decay, grad clip 1) on ``net`` and the prompt table ``text`` for
+    ``args.unet_steps`` steps of ``loss_of(step)``; returns the EMA state dict and the EMA prompt table."""
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     ema_text = text.detach().clone()
-    params = list(unet.parameters()) + [text]
+    params = list(net.parameters()) + [text]
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
-    n = classes.shape[0]
-    empty = n_classes
     t0 = time.time()
     for step in range(args.unet_steps):
-        idx = torch.randint(n, (args.unet_batch,), generator=g)
-        x0 = (z_mean[idx] + z_std[idx] * torch.randn(z_mean[idx].shape, generator=g)) * LATENT_SCALE
-        if flip and torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
-            x0 = x0.flip(-1)
-        label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, empty, classes[idx])
-        t = torch.randint(0, sigmas.numel(), idx.shape, generator=g)
-        sigma = sigmas[t].view(-1, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=g)
-        xc = (x0 + sigma * eps) / torch.sqrt(sigma ** 2 + 1)
-        ctx = text[label]
-        y = torch.cat([ctx.mean(1), size_adm[size_row[idx]]], dim=1)
-        out = unet(xc, timesteps=t.float(), context=ctx, y=y)
-        snr = 1.0 / sigma.view(-1) ** 2
-        weight = torch.clamp(snr, max=5.0) / snr
-        loss = (weight * (out - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = loss_of(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -217,12 +209,96 @@ def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, 
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in unet.state_dict().items():
+            for k, v in net.state_dict().items():
                 ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else ema[k].copy_(v)
             ema_text.lerp_(text, 1 - decay)
         if step % 200 == 0 or step == args.unet_steps - 1:
-            log(f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+            log(f"{what} step {step}/{args.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
     return ema, ema_text
+
+
+def train_unet(args, data, g: torch.Generator, unet_config: dict | None = None, sizes: torch.Tensor | None = None,
+               flip: bool = True, n_classes: int | None = None):
+    """The UNet's EMA state dict and the EMA prompt table. ``sizes`` (``[n, 6]``, see :func:`size_embeddings`)
+    is each training latent's micro-conditioning, spec.SIZE_CONDITIONING for all when None; ``flip``
+    mirrors half of the batches (only right for mirror-symmetric data without crop conditioning);
+    ``n_classes`` prompts are learned (spec.CLASSES' count when None), plus the empty one."""
+    from .spec import CLASSES, LATENT_SCALE, SIZE_CONDITIONING
+
+    model = build_unet(unet_config)
+    unet = model.diffusion_model
+    reset_parameters_(unet)
+    with torch.no_grad():  # zero the last layer of every residual branch, as in the original UNet
+        for name, m in unet.named_modules():
+            if name == "out.2" or name.endswith("out_layers.3") or name.endswith("proj_out"):
+                m.weight.zero_()
+                m.bias.zero_()
+    n_classes = n_classes or len(CLASSES)
+    text = _new_prompts(n_classes, g)
+    if sizes is None:
+        sizes = torch.tensor([[SIZE_CONDITIONING[k] for k in ("width", "height", "crop_w", "crop_h", "target_width",
+                                                             "target_height")]]).expand(data[0].shape[0], -1)
+    size_adm, size_row = size_embeddings(model, sizes)
+    sigmas = model.model_sampling.sigmas.float()
+
+    def loss_of(step: int) -> torch.Tensor:
+        idx, x0, label = _draw_batch(args, data, g)
+        x0 = x0 * LATENT_SCALE
+        if flip and torch.rand(1, generator=g).item() < 0.5:  # the data is mirror-symmetric up to shading
+            x0 = x0.flip(-1)
+        label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, n_classes, label)
+        t = torch.randint(0, sigmas.numel(), idx.shape, generator=g)
+        sigma = sigmas[t].view(-1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=g)
+        xc = (x0 + sigma * eps) / torch.sqrt(sigma ** 2 + 1)
+        ctx = text[label]
+        y = torch.cat([ctx.mean(1), size_adm[size_row[idx]]], dim=1)
+        out = unet(xc, timesteps=t.float(), context=ctx, y=y)
+        snr = 1.0 / sigma.view(-1) ** 2
+        weight = torch.clamp(snr, max=5.0) / snr
+        return (weight * (out - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    return fit(args, g, unet, text, loss_of, "unet")
+
+
+def train_flow(args, data, g: torch.Generator, dit_config: dict, n_classes: int):
+    """A Flux-class DiT (ComfyUI's ``Flux`` config of ``dit_config``) by rectified flow: the EMA state
+    dict and the EMA prompt table.
+
+    ``x_σ = (1 - σ)·x0 + σ·ε`` in the latent format's space, the target ``v = ε - x0`` (ComfyUI's CONST
+    sampling decodes ``x0 = x_σ - σ·v``), σ logit-normal (Esser et al., arXiv:2403.03206, §3.1) through the
+    model's own time shift, uniform weighting; 10 % empty prompt, pooled prompt = the tokens' mean.
+    """
+    model = build_unet(dit_config, arch="flux")
+    dit = model.diffusion_model
+    reset_parameters_(dit)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if name.endswith(".scale"):  # RMSNorm gains (ComfyUI leaves them uninitialised)
+                p.fill_(1.0)
+        dit.final_layer.linear.weight.zero_()  # start from v = 0, as DiT zero-initialises its output
+        dit.final_layer.linear.bias.zero_()
+    text = _new_prompts(n_classes, g)
+    latent_format, sampling = model.latent_format, model.model_sampling
+
+    def loss_of(step: int) -> torch.Tensor:
+        idx, x0, label = _draw_batch(args, data, g)
+        x0 = latent_format.process_in(x0)
+        label = torch.where(torch.rand(idx.shape, generator=g) < 0.1, n_classes, label)
+        sigma = sampling.sigma(torch.sigmoid(torch.randn(idx.shape, generator=g))).view(-1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=g)
+        ctx = text[label]
+        v = dit((1 - sigma) * x0 + sigma * eps, sigma.view(-1), context=ctx, y=ctx.mean(1))
+        return (v - (eps - x0)).pow(2).mean()
+
+    iadd = torch.Tensor.__iadd__
+    # ComfyUI's Flux blocks add their residuals in place (``img += ...``, fine for inference), which
+    # autograd refuses; while training, ``a += b`` rebinds ``a`` to ``a + b`` instead (same values).
+    torch.Tensor.__iadd__ = torch.Tensor.__add__
+    try:
+        return fit(args, g, dit, text, loss_of, "dit")
+    finally:
+        torch.Tensor.__iadd__ = iadd
 
 
 def arg_parser(description: str, out: Path) -> argparse.ArgumentParser:

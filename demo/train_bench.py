@@ -28,7 +28,7 @@ import time
 import torch
 
 from . import bench_models as bm
-from .train import ROOT, arg_parser, log, normalise_latent_, save_model, start, train_unet, train_vae
+from .train import ROOT, arg_parser, log, normalise_latent_, save_model, start, train_flow, train_unet, train_vae
 
 MODELS_DIR = ROOT / "tests" / "benchmarks" / "models"
 
@@ -59,14 +59,23 @@ def main(argv=None) -> int:
     def images(n: int, g: torch.Generator) -> torch.Tensor:
         return spec.samples(n, g)[0]
 
-    vae = train_vae(args, g, ddconfig=bm.VAE_DDCONFIG, embed_dim=bm.VAE_EMBED_DIM, images=images)
-    normalise_latent_(vae, g, latent_scale=bm.LATENT_SCALE, images=images)
+    vae = train_vae(args, g, ddconfig=spec.vae_ddconfig, embed_dim=spec.latent_channels, images=images)
+    if spec.arch == "flux":
+        import comfy.latent_formats
+
+        flux = comfy.latent_formats.Flux()
+        normalise_latent_(vae, g, latent_scale=flux.scale_factor, images=images, latent_shift=flux.shift_factor)
+    else:
+        normalise_latent_(vae, g, latent_scale=bm.LATENT_SCALE, images=images)
     classes, mean, std, sizes = encode_samples(vae, args.images, g, spec.samples)
-    unet, text = train_unet(args, (classes, mean, std), g, unet_config=spec.unet_config, sizes=sizes,
-                            flip=spec.flip, n_classes=len(spec.classes))
-    save_model(args, vae, unet, text, spec.classes, model=spec.name, native_px=str(bm.NATIVE_PX),
-               unet_config=json.dumps(spec.unet_config), vae_ddconfig=json.dumps(bm.VAE_DDCONFIG),
-               vae_embed_dim=str(bm.VAE_EMBED_DIM), size_conditioning=json.dumps(bm.SIZE_CONDITIONING))
+    if spec.arch == "flux":
+        unet, text = train_flow(args, (classes, mean, std), g, spec.unet_config, len(spec.classes))
+    else:
+        unet, text = train_unet(args, (classes, mean, std), g, unet_config=spec.unet_config, sizes=sizes,
+                                flip=spec.flip, n_classes=len(spec.classes))
+    save_model(args, vae, unet, text, spec.classes, model=spec.name, native_px=str(bm.NATIVE_PX), arch=spec.arch,
+               unet_config=json.dumps(spec.unet_config), vae_ddconfig=json.dumps(spec.vae_ddconfig),
+               vae_embed_dim=str(spec.latent_channels), size_conditioning=json.dumps(bm.SIZE_CONDITIONING))
     return 0
 
 

@@ -55,6 +55,11 @@ class PatchConditioning:
                         f"Pixelsmith sampler: the {name} conditioning has an area or mask (regional "
                         "prompting); it cannot be placed per patch. Remove ConditioningSetArea/"
                         "SetMask before this sampler.")
+                if c.get("reference_latents") is not None or "ref_latents" in c.get("model_conds", {}):
+                    raise ValueError(
+                        f"Pixelsmith sampler: the {name} conditioning carries reference latents (ReferenceLatent: "
+                        "Flux Kontext, Flux.2 or Qwen-Image edit), which show the model the whole picture and cannot "
+                        "be cut per patch. Use them on the base stage only, with plain text conditioning here.")
                 control = c.get("control")
                 while control is not None:
                     if (not isinstance(control, comfy.controlnet.ControlNet)

@@ -43,6 +43,7 @@ from ..kernels import pixelsmith
 from ._checks import check_numbers
 from ._schema import advanced
 from .pixelsmith_conditioning import PatchConditioning
+from .pixelsmith_positions import POSITIONS, token_side, with_patch_position
 
 if TYPE_CHECKING:
     from comfy.model_sampling import ModelSamplingDiscrete
@@ -69,6 +70,7 @@ class PixelsmithConfig:
     patch_batch: int          # patches per model call in fast mode; 0 = auto
     crop_mode: str            # fixed | official | zero (SDXL only)
     state_device: str         # auto | device | cpu
+    positions: str = "local"  # local | global (DiT rotary positions per patch)
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -89,6 +91,8 @@ def validate_config(config: PixelsmithConfig) -> None:
         raise ValueError(f"crop_conditioning must be one of {CROP_MODES}, got {config.crop_mode!r}")
     if config.state_device not in STATE_DEVICES:
         raise ValueError(f"state_device must be one of {STATE_DEVICES}, got {config.state_device!r}")
+    if config.positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {config.positions!r}")
 
 
 def check_band(band: int, patch_side: int, clamped: str = "") -> None:
@@ -248,8 +252,15 @@ class PixelsmithSampler(comfy.samplers.Sampler):
                  patch_batch, slider, len(alphas) - 1, "cpu" if on_cpu else device)
 
         cond_builder = PatchConditioning(model_wrap.conds, inner_model, (H, W), B, config.crop_mode)
+        token = token_side(inner_model, config.positions)
 
         def denoise(y: torch.Tensor, sigma: torch.Tensor, boxes: list, **model_extra) -> torch.Tensor:
+            if token is not None and len(boxes) > 1:  # one RoPE shift per call: one patch per call
+                return torch.cat([denoise(y[i * B:(i + 1) * B], sigma[i * B:(i + 1) * B], [box], **model_extra)
+                                  for i, box in enumerate(boxes)])
+            if token is not None:
+                model_extra["model_options"] = with_patch_position(model_extra.get("model_options", {}), boxes[0],
+                                                                   token)
             saved = model_wrap.conds
             model_wrap.conds = cond_builder.for_boxes(boxes)
             try:
@@ -324,11 +335,24 @@ def sampler_inputs() -> list:
     ]
 
 
+def positions_input() -> io.Combo.Input:
+    """The ``positions`` input: last on both Pixelsmith nodes and optional, so saved workflows and API
+    prompts made before it keep working (missing = local)."""
+    return io.Combo.Input(
+        "positions", options=list(POSITIONS), default="local",
+        tooltip="Only for DiT models with rotary positions (Flux, Flux.2, Z-Image); leave on local. What each "
+                "patch's image tokens believe about where they are: local = every patch is a whole picture "
+                "at the model's native size (the positions it was trained on); global = each patch's tokens "
+                "carry their place in the full image (positions past the native range; one model call per "
+                "patch). UNets (SD1.5, SDXL) have no positions and accept local only.",
+        optional=True, **advanced())
+
+
 def build_config(slider: int, patch_size: int, band: int, mode: str, patch_batch: int, crop_conditioning: str,
-                 state_device: str) -> PixelsmithConfig:
+                 state_device: str, positions: str = "local") -> PixelsmithConfig:
     """The validated config from the node inputs shared by the sampler and upscale nodes."""
     return PixelsmithConfig(int(slider), int(patch_size), int(band), str(mode), int(patch_batch),
-                            str(crop_conditioning), str(state_device))
+                            str(crop_conditioning), str(state_device), str(positions))
 
 
 class PixelsmithSamplerNode(io.ComfyNode):
@@ -351,16 +375,17 @@ class PixelsmithSamplerNode(io.ComfyNode):
                 "in patch calls per step (faithful); fast mode batches patches. Memory is constant in "
                 "the image size on the device. For huge latents SamplerCustomAdvanced's "
                 "denoised_output is only a preview-size latent: use output."),
-            inputs=sampler_inputs(),
+            inputs=[*sampler_inputs(), positions_input()],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustomAdvanced's sampler, with the upscaled latent "
                                                "as its latent_image. The Pixelsmith SAMPLER.")],
         )
 
     @classmethod
     def execute(cls, slider: int, patch_size: int, band: int, mode: str, patch_batch: int, crop_conditioning: str,
-                state_device: str) -> io.NodeOutput:
+                state_device: str, positions: str = "local") -> io.NodeOutput:
         check_numbers(cls, locals())
-        config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device)
+        config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device,
+                              positions)
         return io.NodeOutput(PixelsmithSampler(config))
 
 

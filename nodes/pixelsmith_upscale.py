@@ -25,7 +25,7 @@ from comfy_api.latest import io
 from . import _stage as stage
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model, model_latent_channels
 from ._schema import keep_detail_input
-from .pixelsmith_sampler import PROGRESS_UNITS, PixelsmithSampler, build_config, sampler_inputs
+from .pixelsmith_sampler import PROGRESS_UNITS, PixelsmithSampler, build_config, positions_input, sampler_inputs
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -114,6 +114,7 @@ class PixelsmithUpscale(io.ComfyNode):
                                          "Mpx, else a preview); off = the output is only a small preview, saving a "
                                          "full decode."),
                 keep_detail_input(),
+                positions_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -129,12 +130,13 @@ class PixelsmithUpscale(io.ComfyNode):
     def execute(cls, model: ModelPatcher, vae: VAE, positive: list, negative: list, scale_by: float,
                 target_width: int, target_height: int, seed: int, steps: int, cfg: float, slider: int,
                 patch_size: int, band: int, mode: str, patch_batch: int, crop_conditioning: str, state_device: str,
-                decode_image: bool = True, keep_detail: bool = False, image: torch.Tensor | None = None,
-                latent: dict | None = None) -> io.NodeOutput:
+                decode_image: bool = True, keep_detail: bool = False, positions: str = "local",
+                image: torch.Tensor | None = None, latent: dict | None = None) -> io.NodeOutput:
         check_numbers(cls, locals())
         if (image is None) == (latent is None):
             raise ValueError("image / latent: connect exactly one of 'image' or 'latent' (the previous stage).")
-        config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device)
+        config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device,
+                              positions)
         check_vae_matches_model(model, vae)
         if keep_detail and stage.latent_packing(model) > 1:
             raise ValueError("keep_detail: this model's latents are packed (Flux.2: 2x2 cells in 128 channels), and "
