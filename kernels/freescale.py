@@ -246,8 +246,9 @@ def dilated_global_attention(
 # ---------------------------------------------------------------------------------------------
 
 
-def gaussian_blur_3d(Y: torch.Tensor, kernel_size: int, sigma: float = 1.0) -> torch.Tensor:
-    """Separable Gaussian over (h, w, **channels**) with zero padding, per batch element.
+def gaussian_blur_3d(Y: torch.Tensor, kernel_size: int, sigma: float = 1.0, *, channels: bool = True) -> torch.Tensor:
+    """Separable Gaussian over (h, w, **channels**) with zero padding, per batch element
+    (``channels=False``: over (h, w) only).
 
     FreeScale (Qiu et al., 2024). The blur is 3-D: the official ``conv3d`` (``scale_attention.py:8-22``) with a
     ``K×K×K`` product kernel treats ``(h, w, C)`` as a volume. A product kernel with zero padding
@@ -264,7 +265,7 @@ def gaussian_blur_3d(Y: torch.Tensor, kernel_size: int, sigma: float = 1.0) -> t
     taps = get_gaussian_kernel1d(K, float(sigma), dtype=torch.float64)[0].tolist()
     out = Y.to(work)
     p = K // 2
-    for dim in (1, 2, 3):
+    for dim in (1, 2, 3) if channels else (1, 2):
         L = out.shape[dim]
         pad = [0, 0] * (out.dim() - dim)
         pad[-2:] = [p, p]  # F.pad order is last dim first; pad only ``dim``
@@ -315,6 +316,83 @@ def scale_fusion(
     K = blur_kernel_size(n_h, n_w)
     detail = gaussian_blur_3d((L - G).reshape(B, h, w, C_out), K, sigma)  # (B, h, w, C_out)
     return G + detail.reshape(B, N, C_out)
+
+
+QKVAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(q, k, v) -> out``: multi-head attention, ``q, k, v`` ``(B, heads, N, d)``, out ``(B, N, heads·d)``."""
+
+
+def joint_scale_fusion(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attend: QKVAttention,
+    prefix: int,
+    h: int,
+    w: int,
+    target_hw: tuple[int, int],
+    fast_mode: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    jitter: bool = True,
+    base_px: int = BASE_PX,
+    sigma: float = 1.0,
+) -> torch.Tensor:
+    """Scale Fusion on a DiT's joint attention: the image tokens' output ``G + blur(L − G)``.
+
+    The DiT counterpart of :func:`scale_fusion` (FreeScale, Qiu et al., 2024, §3.2; official
+    ``scale_attention.py:83-286`` for UNets). ``q, k, v`` ``(B, heads, prefix + h·w, d)`` are the
+    joint sequence after the rotary embedding: ``prefix`` text tokens first, then the ``h × w`` image
+    tokens row-major (Flux, Qwen-Image). ``G`` = ``attend`` over all tokens (fast mode: over the text and
+    each dilated sub-grid of the image, :func:`dilated_global_attention`); ``L`` = the overlap-averaged
+    attention of each window of image tokens (the layout of :func:`get_views`) together with every
+    text token, so each window still reads the whole prompt. The text tokens' output is ``G``'s (fast
+    mode: its mean over the sub-grids). Returns ``(B, prefix + h·w, heads·d)``.
+
+    Two departures from the UNet form, both forced by where a DiT's attention can be patched (before its
+    output projection, with ``q, k, v`` already computed): the window border is zero-padded in ``q, k, v``
+    (a UNet pads the hidden states, which its bias-free ``to_q/k/v`` map to the same zeros), and the blur
+    is over (h, w) only: the heads' channels before the projection have no neighbourhood for the
+    official blur's third axis to smooth. The spatial split itself is unchanged, since a per-token
+    linear projection commutes with a spatial blur.
+    """
+    B, heads, N, d = q.shape
+    if N != prefix + h * w:
+        raise ValueError(f"token count {N} != prefix + h*w = {prefix} + {h}*{w}")
+    H_px, W_px = int(target_hw[0]), int(target_hw[1])
+    n_h, n_w = scale_numbers(H_px, W_px, base_px)
+    layout = get_views(h, w, H_px, W_px, base_px=base_px, jitter=jitter, generator=generator)
+    if len(layout.views) == 1 and not fast_mode:
+        return attend(q, k, v)  # one window spanning the map: L = G
+
+    def image_part(t: torch.Tensor) -> torch.Tensor:  # (B, heads, N, d) -> (B, h·w, heads·d)
+        return t[:, :, prefix:].transpose(1, 2).reshape(B, h * w, heads * d)
+
+    X = torch.cat([image_part(q), image_part(k), image_part(v)], dim=-1)  # (B, h·w, 3·heads·d)
+    text = [t[:, :, :prefix] for t in (q, k, v)]
+    text_out: list[torch.Tensor] = []
+
+    def attend_with_text(tokens: torch.Tensor, keep_text: bool = False) -> torch.Tensor:
+        """Image tokens ``(V·B, n, 3·heads·d)`` (view-major, as the window helpers stack them) with the text."""
+        n = tokens.shape[1]
+        reps = tokens.shape[0] // B
+        qkv = [torch.cat([t.repeat(reps, 1, 1, 1), part.reshape(reps * B, n, heads, d).transpose(1, 2)], dim=2)
+               for t, part in zip(text, tokens.chunk(3, dim=-1), strict=True)]
+        out = attend(*qkv)  # (V·B, prefix + n, heads·d)
+        if keep_text:
+            text_out.append(out[:, :prefix].reshape(reps, B, prefix, -1).mean(0))
+        return out[:, prefix:]
+
+    L = windowed_attention(X, layout, attend_with_text)  # (B, h·w, heads·d)
+    if fast_mode:
+        G = dilated_global_attention(X, h, w, lambda t: attend_with_text(t, keep_text=True), n_h, n_w)
+        G_text = torch.stack(text_out).mean(0) if prefix else G[:, :0]
+    else:
+        full = attend(q, k, v)
+        G_text, G = full[:, :prefix], full[:, prefix:]
+    K = blur_kernel_size(n_h, n_w)
+    detail = gaussian_blur_3d((L - G).reshape(B, h, w, -1), K, sigma, channels=False)
+    return torch.cat([G_text, G + detail.reshape(B, h * w, -1)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +539,7 @@ def sample_self_cascade(
     timesteps: list[float],
     restart_index: int,
     exponent: float | torch.Tensor,
+    noised: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Tailored self-cascade upscaling stage, FreeScale (Qiu et al., 2024), paper Fig. 2(a).
 
@@ -473,18 +552,24 @@ def sample_self_cascade(
     from :func:`region_exponent`), then one Euler step (= DDIM η = 0 in k-space).
     ``x_up``/``noise`` ``(B, C, H, W)`` in k-space; ``sigmas`` ``(S + 1,)`` the full schedule;
     ``timesteps[i]`` = ``t(σ_i)`` on the 0..999 scale. A callback that raises stops the run.
+    ``noised(σ, n, x_up)`` is the model's noised latent ``N_i``: ``x_up + σ·n`` in k-space when None;
+    ``(1 − σ)·x_up + σ·n`` for a rectified-flow model (SD3, Flux), whose Euler step is the same formula.
     Returns ``x`` after the last step.
     """
+    if noised is None:
+        def noised(sigma: torch.Tensor, n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return z + sigma * n
+
     extra_args = {} if extra_args is None else extra_args
     steps = len(sigmas) - 1
     if not 0 <= restart_index < steps:
         raise ValueError(f"restart index {restart_index} outside the {steps}-step schedule")
     s_in = x_up.new_ones([x_up.shape[0]])
-    x = x_up + sigmas[restart_index] * noise
+    x = noised(sigmas[restart_index], noise, x_up)
     for i in range(restart_index, steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         c1 = skip_residual_weight(float(timesteps[i]), exponent)
-        x = skip_residual(x, x_up + sigma * noise, c1 if isinstance(c1, torch.Tensor) else float(c1))
+        x = skip_residual(x, noised(sigma, noise, x_up), c1 if isinstance(c1, torch.Tensor) else float(c1))
         denoised = model(x, sigma * s_in, **extra_args)
         x = x + (x - denoised) / sigma * (sigma_next - sigma)  # Euler; σ_next = 0 gives x = denoised
         if callback is not None:

@@ -29,7 +29,7 @@ from ..kernels import freescale
 from . import _stage as stage
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model
 from ._schema import advanced, keep_detail_input
-from .freescale_dilation import apply_restrained_dilation
+from .freescale_dilation import apply_restrained_dilation, restrained_dilation_layers
 from .freescale_fusion import apply_scale_fusion
 
 if TYPE_CHECKING:
@@ -74,13 +74,18 @@ def self_cascade_function(model: KSamplerX0Inpaint, x: torch.Tensor, sigmas: tor
         raise ValueError(f"restart_percent {config.restart_percent} leaves no step of the {steps}-step schedule.")
     model_sampling = model.inner_model.inner_model.model_sampling
     timesteps = [float(model_sampling.timestep(s.reshape(1))) for s in sigmas[:-1]]
+    if max(timesteps) <= 1.0:  # a flow model whose timestep is σ itself (Flux): the paper's 0..999 scale
+        timesteps = [t * freescale.NUM_TRAIN_TIMESTEPS for t in timesteps]
     if config.mask is not None:
         exponent = freescale.region_exponent(config.mask.to(x_up.device), x_up.shape[-2:], config.cosine_scale,
                                              config.cosine_scale_bg, x_up.shape[0]).to(x_up.device)
     else:
         exponent = float(config.cosine_scale)
+    def noised(sigma: torch.Tensor, n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return model_sampling.noise_scaling(sigma.reshape(1), n, z)  # k-space x_up + σ·n; flow (1 − σ)·x_up + σ·n
+
     return freescale.sample_self_cascade(model, x, sigmas, extra_args, callback, disable, x_up=x_up, noise=noise,
-                                         timesteps=timesteps, restart_index=restart, exponent=exponent)
+                                         timesteps=timesteps, restart_index=restart, exponent=exponent, noised=noised)
 
 
 def self_cascade_sampler(config: SelfCascadeConfig) -> comfy.samplers.KSAMPLER:
@@ -221,11 +226,14 @@ class FreeScaleUpscale(io.ComfyNode):
                 "sampled at the model's native size (e.g. 1024² SDXL, euler + ddim_uniform) and, for each "
                 "target in resolutions, upsamples it in RGB space (VAE decode → bicubic → VAE encode, tiled "
                 "above 2048²), then re-samples it with the tailored self-cascade sampler on a model patched "
-                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets. "
+                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1, "
+                "Flux.2 and Qwen-Image DiTs (Scale Fusion on their joint attention and the self-cascade in their "
+                "flow space; dilation and FreeU have no DiT counterpart and are skipped). "
                 "Cost: 70% of the steps per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
                 "(use fast_mode at 8192²). One progress bar with previews over all stages."),
             inputs=[
-                io.Model.Input("model", tooltip="The model that made the base image (SD1.x or SDXL-class). Connect it "
+                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux, Flux.2 or "
+                                                "Qwen-Image). Connect it "
                                                 "without FreeU: FreeU is added here, and a FreeU-patched model is "
                                                 "detected and not patched twice."),
                 io.Vae.Input("vae", tooltip="The VAE of that model. Used for the RGB-space upsampling between stages."),
@@ -260,11 +268,12 @@ class FreeScaleUpscale(io.ComfyNode):
                 io.Boolean.Input("dilation", default=True,
                                  tooltip="On = fewer repeated objects at large sizes; leave on. Restrained dilated "
                                          "convolution (paper on; d = stage width // base width, first 70% of the "
-                                         "steps).",
+                                         "steps). UNets only: skipped on a DiT, which has no such convolutions.",
                                  **advanced()),
                 io.Boolean.Input("freeu", default=True,
                                  tooltip="On = the paper's setting; leave on. Applies ComfyUI's FreeU (v1) with the "
-                                         "paper's b1 1.1, b2 1.2, s1 0.6, s2 0.4 during the upscaling stages.",
+                                         "paper's b1 1.1, b2 1.2, s1 0.6, s2 0.4 during the upscaling stages. "
+                                         "UNets only: skipped on a DiT.",
                                  **advanced()),
                 keep_detail_input(),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
@@ -289,11 +298,19 @@ class FreeScaleUpscale(io.ComfyNode):
         restart = freescale.restart_step(steps)
         sigmas = stage.leading_sigmas(model, steps)
 
+        if keep_detail and stage.latent_packing(model) > 1:
+            raise ValueError("keep_detail: this model's latents are packed (Flux.2: 2x2 cells in 128 channels), and "
+                             "keep_detail would resample them as they are; turn keep_detail off for this model.")
         stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
                                          latent_px=ratio)
-        if dilation:
+        unet = bool(restrained_dilation_layers(model.get_model_object("diffusion_model")))
+        if not unet and (dilation or freeu):
+            log.info("FreeScale Upscale: restrained dilation and FreeU act on a UNet's convolutions and skip "
+                     "connections; this %s has neither, so they are skipped (Scale Fusion and the self-cascade run).",
+                     type(model.get_model_object("diffusion_model")).__name__)
+        if dilation and unet:
             stage_model = apply_restrained_dilation(stage_model, base_px=base_px, latent_px=ratio)
-        if freeu:
+        if freeu and unet:
             stage_model = apply_freeu(stage_model)
         sampler = self_cascade_sampler(SelfCascadeConfig(float(cosine_scale), float(cosine_scale_bg), 0.3,
                                                          None if mask is None else mask.detach().clone()))

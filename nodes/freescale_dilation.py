@@ -137,7 +137,9 @@ def apply_restrained_dilation(model: ModelPatcher, *, dilate_percent: float = 0.
     if not layers:
         raise ValueError(
             "model: FreeScale Restrained Dilation needs an SD1.x/SDXL-class UNet (input_blocks with a "
-            f"strided-conv Downsample, middle_block); {type(model.get_model_object('diffusion_model')).__name__} is not one.")
+            f"strided-conv Downsample, middle_block); {type(model.get_model_object('diffusion_model')).__name__} is not "
+            "one. A DiT (Flux, Qwen-Image, SD3, Z-Image) has no convolutions to dilate: leave this node out and use "
+            "Scale Fusion alone.")
     sampling = model.get_model_object("model_sampling")
     config = DilationConfig(tuple(layers), float(dilate_percent), int(base_px), int(latent_px or model_latent_px(model)))
     wrapper = RestrainedDilation(config,

@@ -1,11 +1,12 @@
-"""FreeScale Scale Fusion as a model patch: every UNet self-attention becomes global + local fused.
+"""FreeScale Scale Fusion as a model patch: every self-attention becomes global + local fused.
 
 FreeScale (Qiu et al., 2024), Scale Fusion (paper Fig. 2(b)); official code ali-vilab/FreeScale@d5a2256
 ``scale_attention.py:83-286``. Each ``attn1`` of the UNet's transformer blocks is
 object-patched on a clone of the model with :class:`ScaleFusionAttention`, which runs the
 original module (ComfyUI's optimized attention, never an explicit N×N matrix) on overlapping
 windows and on the whole map, then fuses them after the output projection, as the 3-D blur
-requires. The math lives in ``kernels/freescale.py``.
+requires. The math lives in ``kernels/freescale.py``. On a DiT (Flux.1, Flux.2, Qwen-Image) the joint
+attention is patched through ComfyUI's attention override instead: ``nodes/freescale_fusion_dit.py``.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
+import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
 from ..kernels import freescale
+from . import freescale_fusion_dit
 from ._checks import check_numbers
 from ._schema import advanced
 from ._stage import model_latent_px
@@ -113,12 +116,13 @@ class FreeScaleScaleFusion(io.ComfyNode):
                 "by a 3-D Gaussian frequency split: low frequencies from the windows, high "
                 "frequencies from the global view. Use it on the upscaling stages of a cascade "
                 "(2048² and above) to keep global structure without repetition. Models: SD1.x and "
-                "SDXL-class UNets. Cost: one extra attention pass over all windows per "
+                "SDXL-class UNets; Flux.1, Flux.2 and Qwen-Image DiTs (windows of image tokens that each keep "
+                "the whole prompt, fused by a spatial blur). Cost: one extra attention pass over all windows per "
                 "self-attention (about 2× attention time); fast mode swaps the global pass for "
                 "dilated sub-grid attention, cheaper at 8192² and above."),
             inputs=[
-                io.Model.Input("model", tooltip="The model to prepare for large sizes (SD1.x or SDXL-class UNet). A "
-                                                "clone is patched; the input is unchanged."),
+                io.Model.Input("model", tooltip="The model to prepare for large sizes (SD1.x or SDXL-class UNet; Flux.1, "
+                                                "Flux.2 or Qwen-Image DiT). A clone is patched; the input is unchanged."),
                 io.Boolean.Input("fast_mode", default=False,
                                  tooltip="Turn on at 8192² and above: faster and lighter, slightly lower quality; "
                                          "leave off below. FreeScale fast mode: global part from dilated (strided "
@@ -165,10 +169,12 @@ def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: f
         raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
     diffusion_model = model.get_model_object("diffusion_model")
     names = self_attention_modules(diffusion_model)
-    if not names:
+    dit = not names and freescale_fusion_dit.supports(diffusion_model)
+    if not names and not dit:
         raise ValueError(
-            "model: FreeScale Scale Fusion needs a UNet with transformer self-attention "
-            f"(SD1.x/SDXL); {type(diffusion_model).__name__} has none.")
+            "model: FreeScale Scale Fusion needs a UNet with transformer self-attention (SD1.x/SDXL) or a DiT "
+            f"with joint attention ({freescale_fusion_dit.supported_names()}); "
+            f"{type(diffusion_model).__name__} is neither.")
     sampling = model.get_model_object("model_sampling")
     config = ScaleFusionConfig(
         sigma_start=float(sampling.percent_to_sigma(start_percent)),
@@ -176,6 +182,13 @@ def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: f
         fast_mode=bool(fast_mode), seed=int(jitter_seed), jitter=bool(jitter), max_views_per_call=None,
         base_px=int(base_px), latent_px=int(latent_px or model_latent_px(model)))
     patched = model.clone()
+    if dit:
+        wrapper = freescale_fusion_dit.JointFusion(
+            config.sigma_start, config.sigma_end, config.fast_mode, config.seed, config.jitter, config.base_px,
+            config.latent_px, freescale_fusion_dit.token_side(diffusion_model))
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "ultrares_scale_fusion",
+                                     wrapper)
+        return patched
     for index, name in enumerate(names):
         key = f"diffusion_model.{name}"
         patched.add_object_patch(key, ScaleFusionAttention(model.get_model_object(key), config, index))

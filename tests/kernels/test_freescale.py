@@ -13,6 +13,7 @@ from ultrares.kernels.freescale import (
     dilation_factor,
     gaussian_blur_3d,
     get_views,
+    joint_scale_fusion,
     mask_exponent,
     restart_step,
     scale_fusion,
@@ -258,3 +259,63 @@ def test_mask_exponent_per_pixel_and_blend():
     assert torch.allclose(out, c1.expand(1, 4, 2, 2).float())
     assert torch.equal(x, x0)
     assert skip_residual(x, N, 0.25).mean().item() == pytest.approx(0.25)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention as a DiT calls it: (B, heads, N, d) in, (B, N, heads·d) out."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+def joint_qkv(prefix: int, h: int, w: int, B: int = 2, heads: int = 2, d: int = 4):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(B, heads, prefix + h * w, d, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def test_joint_fusion_is_global_attention_on_a_native_map():
+    q, k, v = joint_qkv(prefix=3, h=8, w=8)
+    assert torch.equal(joint_scale_fusion(q, k, v, sdpa, 3, 8, 8, (1024, 1024)), sdpa(q, k, v))
+
+
+def test_joint_fusion_windows_keep_the_text_and_fuse_by_a_spatial_blur():
+    """Every window of image tokens attends together with all text tokens; the text's own output is
+    the global one; the image output is G + blur_hw(L − G), L the overlap average of the windows."""
+    prefix, h, w = 3, 8, 8
+    q, k, v = joint_qkv(prefix, h, w)
+    out = joint_scale_fusion(q, k, v, sdpa, prefix, h, w, (2048, 2048), jitter=False)
+    G = sdpa(q, k, v)
+    layout = get_views(h, w, 2048, 2048, jitter=False)
+    assert len(layout.views) == 9 and layout.r_h == 0  # 4 × 4 windows at stride 2, unpadded
+    value, count = torch.zeros(2, h, w, 8, dtype=torch.float64), torch.zeros(h, w, 1, dtype=torch.float64)
+    for h0, h1, w0, w1 in layout.views:
+        rows = [prefix + r * w + c for r in range(h0, h1) for c in range(w0, w1)]
+        index = list(range(prefix)) + rows
+        window = sdpa(q[:, :, index], k[:, :, index], v[:, :, index])[:, prefix:]
+        value[:, h0:h1, w0:w1] += window.reshape(2, h1 - h0, w1 - w0, 8)
+        count[h0:h1, w0:w1] += 1
+    L = (value / count).reshape(2, h * w, 8)
+    G_img = G[:, prefix:]
+    blurred = gaussian_blur_3d((L - G_img).reshape(2, h, w, 8), blur_kernel_size(2, 2), channels=False)
+    assert torch.allclose(out[:, :prefix], G[:, :prefix])
+    assert torch.allclose(out[:, prefix:], G_img + blurred.reshape(2, h * w, 8), atol=1e-12)
+    assert (out[:, prefix:] - G_img).abs().max() > 1e-3  # the windows changed the image tokens
+
+
+def test_joint_fusion_fast_mode_text_reads_every_sub_grid():
+    prefix, h, w = 2, 8, 8
+    q, k, v = joint_qkv(prefix, h, w)
+    out = joint_scale_fusion(q, k, v, sdpa, prefix, h, w, (2048, 2048), fast_mode=True, jitter=False)
+    subs = []
+    for a in range(2):
+        for b in range(2):
+            rows = [prefix + r * w + c for r in range(a, h, 2) for c in range(b, w, 2)]
+            index = list(range(prefix)) + rows
+            subs.append(sdpa(q[:, :, index], k[:, :, index], v[:, :, index])[:, :prefix])
+    assert torch.allclose(out[:, :prefix], torch.stack(subs).mean(0), atol=1e-12)
+    assert out.shape == (2, prefix + h * w, 8) and torch.isfinite(out).all()
+
+
+def test_joint_fusion_refuses_a_wrong_token_count():
+    q, k, v = joint_qkv(prefix=3, h=8, w=8)
+    with pytest.raises(ValueError, match="token count"):
+        joint_scale_fusion(q, k, v, sdpa, 2, 8, 8, (2048, 2048))
