@@ -44,24 +44,24 @@ from bench_common import Meter  # script folder on sys.path; puts tests/ (the ha
 from harness.comfy_host import FIXTURE_PACK, PACK_ROOT, ComfyHost, image_tensor
 from harness.graphs import DEMO_METHODS as METHODS
 from harness.graphs import DEMO_NATIVE as NATIVE
-from harness.graphs import demo_base_graph, demo_method_graph
+from harness.graphs import DIT_METHODS, demo_base_graph, demo_method_graph
 from harness.pack import register_pack
 
 
-def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
+def bar_chart(rows: list[dict], scales: list[int], methods: list[str], path: Path) -> None:
     """Two panels: % images with the right number of objects, and texture distance, per method and scale."""
     colours = [(90, 90, 90), (170, 170, 170), (214, 96, 77), (244, 165, 130), (67, 147, 195), (146, 197, 222),
-               (153, 52, 4), (236, 112, 20), (8, 69, 148), (66, 146, 198)]
+               (153, 52, 4), (236, 112, 20), (8, 69, 148), (66, 146, 198), (84, 39, 143), (158, 154, 200)]
     panels = [("% with the right number of objects (higher is better)", "right_pct", 100.0),
               ("texture distance to training data (lower is better)", "texture",
                max(r["texture"] for r in rows) * 1.1)]
     w, h, pad = 900, 300, 40
     per_row = 5
-    legend_rows = -(-len(METHODS) // per_row)
+    legend_rows = -(-len(methods) // per_row)
     img = Image.new("RGB", (w, h * len(panels) + 8 + 18 * legend_rows), "white")
     draw = ImageDraw.Draw(img)
     group = (w - 2 * pad) / len(scales)
-    bar = group / (len(METHODS) + 1)
+    bar = group / (len(methods) + 1)
     for p, (title, key, top) in enumerate(panels):
         y0 = p * h
         draw.text((pad, y0 + 5), title, fill="black")
@@ -69,16 +69,16 @@ def bar_chart(rows: list[dict], scales: list[int], path: Path) -> None:
         draw.line([(pad, base_y), (w - pad, base_y)], fill="black")
         for s, scale in enumerate(scales):
             draw.text((pad + s * group + group / 2 - 10, base_y + 5), f"{scale}x", fill="black")
-            for m, method in enumerate(METHODS):
+            for m, method in enumerate(methods):
                 row = next((r for r in rows if r["scale"] == scale and r["method"] == method), None)
                 if row is None:
                     continue
                 x = pad + s * group + (m + 0.5) * bar
                 top_y = base_y - (h - 70) * min(row[key] / top, 1.0)
-                draw.rectangle([x, top_y, x + bar * 0.9, base_y], fill=colours[m])
-    for m, method in enumerate(METHODS):
+                draw.rectangle([x, top_y, x + bar * 0.9, base_y], fill=colours[m % len(colours)])
+    for m, method in enumerate(methods):
         x, y = pad + (m % per_row) * (w - 2 * pad) / per_row, h * len(panels) + 8 + 18 * (m // per_row)
-        draw.rectangle([x, y, x + 12, y + 12], fill=colours[m])
+        draw.rectangle([x, y, x + 12, y + 12], fill=colours[m % len(colours)])
         draw.text((x + 16, y), method, fill="black")
     img.save(path)
 
@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", type=Path, required=True)
     p.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8], choices=[2, 4, 8, 16])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + DIT_METHODS,
+                   help=f"default: all but the DiT-only {', '.join(DIT_METHODS)}")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
                   f"{row['ssim']:.3f} | {row['iou']:.3f} | {row['texture']:.1f} | {row['fine']:.2f} | "
                   f"{row['seam']:.3f} | {row['worst_line']:.2f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
         picture_grid(grid, args.out / f"grid_{scale}x.jpg")
-    bar_chart(rows, args.scales, args.out / "quality.png")
+    bar_chart(rows, args.scales, args.methods, args.out / "quality.png")
     print(f"\nwrote {args.out / 'quality.png'} and the picture grids")
     return 0
 

@@ -40,6 +40,8 @@ DEMO_NATIVE = 128
 DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "freescale-normal", "freescale-fast",
                 "pixelsmith-faithful+detail", "pixelsmith-fast+detail", "freescale-normal+detail",
                 "freescale-fast+detail")
+# DiT-only variants (a UNet refuses them): Pixelsmith with each patch's RoPE at its place in the image.
+DIT_METHODS = ("pixelsmith-faithful+global", "pixelsmith-fast+global")
 
 
 def _prompt(model_file: str | None) -> tuple[list, list]:
@@ -77,12 +79,13 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
     Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
     stage, ``sliders[1]`` on later ones; patch = the native size in latent px); FreeScale Upscale goes
     through every ×2 size (``cosine_scale``: its detail strength, the paper's 2 by default). A
-    ``+detail`` suffix turns the methods' ``keep_detail`` on. ``model_file`` / ``native``: as for
-    :func:`demo_base_graph`.
+    ``+detail`` suffix turns the methods' ``keep_detail`` on, ``+global`` Pixelsmith's global positions
+    (DiTs). ``model_file`` / ``native``: as for :func:`demo_base_graph`.
     """
     side, stages = native * scale, scale.bit_length() - 1
     name, (method, _, extra) = method, method.partition("+")
     keep_detail = extra == "detail"
+    positions = "global" if extra == "global" else "local"
     pos, neg = _prompt(model_file)
     m = f"{name}."
     common = {"model": ["model", 0], "positive": pos, "negative": neg,
@@ -108,7 +111,7 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
                 common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
                 slider=round(steps * sliders[min(i, 1)]), patch_size=native // 8, band=2,
                 mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
-                decode_image=i == stages - 1, keep_detail=keep_detail)}
+                decode_image=i == stages - 1, keep_detail=keep_detail, positions=positions)}
             source = [f"{m}stage{i}", 0]
         image = [f"{m}stage{stages - 1}", 1]  # the last stage's decoded IMAGE
     else:
