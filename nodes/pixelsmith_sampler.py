@@ -173,8 +173,10 @@ class PatchProgress:
     hands over the final latent (SamplerCustomAdvanced's ``denoised_output``) when it is small.
     """
 
-    def __init__(self, callback: Callable | None, steps: int, device: torch.device, disable: bool):
+    def __init__(self, callback: Callable | None, steps: int, device: torch.device, disable: bool,
+                 frame: bool = False):
         self.callback, self.steps, self.device = callback, steps, device
+        self.frame = frame  # previews get the frame axis of a single-frame video latent back
         self.last_preview = 0.0
         self.bar = tqdm(total=steps, unit="step", desc="Pixelsmith", disable=disable,
                         bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}]")
@@ -189,6 +191,8 @@ class PatchProgress:
             return
         self.last_preview = now
         preview = _preview_latent(info["x"]).to(self.device)
+        if self.frame:
+            preview = preview.unsqueeze(2)
         unit = min(int(info["progress"] * PROGRESS_UNITS), PROGRESS_UNITS) - 1
         self.callback(max(unit, 0), preview, preview, PROGRESS_UNITS)
 
@@ -215,9 +219,9 @@ class PixelsmithSampler(comfy.samplers.Sampler):
         if denoise_mask is not None:
             raise ValueError("Pixelsmith sampler: a noise mask (inpainting) is not supported; "
                              "remove the latent's noise_mask.")
-        if latent_image.dim() != 4:
-            raise ValueError(f"Pixelsmith sampler: needs a spatial (B, C, H, W) latent, got "
-                             f"{tuple(latent_image.shape)}")
+        if latent_image.dim() != 4 and not (latent_image.dim() == 5 and latent_image.shape[2] == 1):
+            raise ValueError(f"Pixelsmith sampler: needs a spatial (B, C, H, W) latent (or a single-frame "
+                             f"(B, C, 1, H, W) one), got {tuple(latent_image.shape)}")
         channels = model_wrap.inner_model.latent_format.latent_channels
         if latent_image.shape[1] != channels:
             raise ValueError(f"latent_image: the latent has {latent_image.shape[1]} channels, the model works on "
@@ -231,6 +235,11 @@ class PixelsmithSampler(comfy.samplers.Sampler):
                denoise_mask: torch.Tensor | None = None, disable_pbar: bool = False) -> torch.Tensor:
         config = self.config
         self._check(model_wrap, latent_image, denoise_mask)
+        # Qwen-Image's latent format is a video one: a picture is one frame, (B, C, 1, H, W). The patch
+        # loop runs on (B, C, H, W); the frame axis is put back for every model call and the result.
+        frame = latent_image.dim() == 5
+        if frame:
+            latent_image, noise = latent_image[:, :, 0], noise[:, :, 0]
         inner_model = model_wrap.inner_model
         device = noise.device
         B, C, H, W = latent_image.shape
@@ -264,13 +273,15 @@ class PixelsmithSampler(comfy.samplers.Sampler):
             saved = model_wrap.conds
             model_wrap.conds = cond_builder.for_boxes(boxes)
             try:
+                if frame:
+                    return model_wrap(y.unsqueeze(2), sigma, **model_extra)[:, :, 0]
                 return model_wrap(y, sigma, **model_extra)
             finally:
                 model_wrap.conds = saved
 
         seed = extra_args.get("seed")
         generator = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
-        progress = PatchProgress(callback, len(alphas) - 1, device, disable_pbar)
+        progress = PatchProgress(callback, len(alphas) - 1, device, disable_pbar, frame)
         try:
             out = pixelsmith.sample_pixelsmith(
                 denoise, pixelsmith.start_latent(z_up, n, float(sigmas_cpu[0]), alphas[0]), sigmas_cpu,
@@ -280,6 +291,8 @@ class PixelsmithSampler(comfy.samplers.Sampler):
         finally:
             progress.close()
         out = inner_model.model_sampling.inverse_noise_scaling(sigmas[-1].to(out.device), out)
+        if frame:
+            out = out.unsqueeze(2)
         progress.finish(out)
         return out.to(device) if not on_cpu else out
 

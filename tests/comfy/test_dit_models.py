@@ -1,0 +1,171 @@
+"""Pixelsmith SAMPLER on tiny DiTs of four more ComfyUI model classes (Flux.2, Qwen-Image, Z-Image, SD3)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.comfy_host import WorkflowError
+from harness.records import cleared_records
+
+KINDS = ["flux2", "qwen_image", "lumina2", "sd3"]
+CHANNELS = {"flux2": 128, "qwen_image": 16, "lumina2": 16, "sd3": 16}
+W, H = 32, 16  # latent cells; UltraResTest_SeededLatent takes px = cells × 8, whatever the model
+# What each model call gets besides x and sigma: (text context shape, cond names). Flux.2 pads its
+# text to 512 tokens and is guidance-distilled; SD3 gets the pooled vector as y; Z-Image the token count.
+MODEL_CONDS = {"flux2": ((2, 512, 32), ["guidance"]), "qwen_image": ((2, 8, 32), []),
+               "lumina2": ((2, 8, 32), ["num_tokens"]), "sd3": ((2, 8, 32), ["y"])}
+
+
+@pytest.fixture
+def rec(host):
+    """``LATENTS`` recorded by the Pixelsmith test fixtures (cleared)."""
+    yield from cleared_records(host, "UltraResTest_SeededLatent", "LATENTS", "SOURCES")
+
+
+@pytest.fixture
+def calls(host):
+    """The tiny DiT's model calls: input shape, sigma, cond names (cleared)."""
+    yield from cleared_records(host, "UltraResTest_TinyDiT", "CALLS")
+
+
+def dit_graph(kind, seed=1, steps=3, slider=2, tag="out"):
+    """Tiny DiT → CFGGuider + BasicScheduler + RandomNoise + Pixelsmith SAMPLER (16² patches)
+    → SamplerCustomAdvanced on a seeded 32×16 latent → RecordLatent(tag)."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    dit = g.node("UltraResTest_TinyDiT", kind=kind, seed=0)
+    model = dit.out(0)
+    guider = g.node("CFGGuider", model=model, positive=dit.out(1), negative=dit.out(2), cfg=3.0)
+    sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=steps, denoise=1.0)
+    noise = g.node("RandomNoise", noise_seed=seed)
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=16, band=2, mode="faithful",
+                     patch_batch=0, crop_conditioning="fixed", state_device="auto")
+    latent = g.node("UltraResTest_SeededLatent", width=W * 8, height=H * 8, batch=1, seed=5,
+                    channels=CHANNELS[kind])
+    sca = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),
+                 sigmas=sigmas.out(0), latent_image=latent.out(0))
+    g.node("UltraResTest_RecordLatent", samples=sca.out(0), tag=tag)
+    return g.finalize()
+
+
+def sample(host, rec, calls, kind, seed):
+    """The sampled latent of ``dit_graph(kind, seed)``, computed afresh (no cached node outputs)."""
+    host.reset_cache()
+    rec.LATENTS.clear()
+    calls.clear()
+    host.run(dit_graph(kind, seed=seed))
+    return rec.LATENTS["out"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampler_runs_patchwise_and_is_seeded(host, rec, calls, kind):
+    out = sample(host, rec, calls, kind, seed=1)
+    z_up = torch.randn(1, CHANNELS[kind], H, W, generator=torch.Generator().manual_seed(5))
+    # ComfyUI's SamplerCustomAdvanced gives a 3-D latent format's model (Qwen-Image: Wan21) (B, C, 1, H, W).
+    shape = (1, CHANNELS[kind], 1, H, W) if kind == "qwen_image" else (1, CHANNELS[kind], H, W)
+    assert out.shape == shape and torch.isfinite(out).all()
+    assert not torch.allclose(out.reshape(z_up.shape), z_up, atol=1e-3), "the sampler must change the latent"
+    # Every model call sees 16×16 patches (cond and uncond batched, one patch per call), and the
+    # sigmas of successive calls never increase.
+    assert {c["shape"][0] for c in calls} == {2}
+    assert {c["shape"][-2:] for c in calls} == {(16, 16)}
+    sig = [c["sigma"] for c in calls]
+    assert sig == sorted(sig, reverse=True) and len(set(sig)) == 3
+    assert {(c["context"], tuple(c["conds"])) for c in calls} == {(MODEL_CONDS[kind][0], tuple(MODEL_CONDS[kind][1]))}
+    assert torch.equal(sample(host, rec, calls, kind, seed=1), out), "the same seed must give the same latent"
+    other = sample(host, rec, calls, kind, seed=2)
+    assert torch.isfinite(other).all() and not torch.equal(other, out), "another noise seed, another latent"
+
+
+def test_model_latent_px_follows_the_model_class(host):
+    stage = host.module_of("UltraRes_PixelsmithUpscale").stage
+    dits = host.module_of("UltraResTest_TinyDiT")
+    for kind in KINDS:
+        model = dits.tiny_dit(kind)
+        assert model.model.latent_format.latent_channels == CHANNELS[kind], kind
+        assert stage.model_latent_px(model.model) == (16 if kind == "flux2" else 8), kind
+        assert stage.model_latent_px(model) == stage.model_latent_px(model.model), kind
+
+
+def fusion_graph(kind, jitter_seed=0, fusion=True, tag="fused"):
+    """Tiny DiT (→ Scale Fusion) → one Euler step at 2048 × 1024 image px → RecordLatent(tag)."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    dit = g.node("UltraResTest_TinyDiT", kind=kind, seed=0)
+    model = dit.out(0)
+    if fusion:
+        model = g.node("UltraRes_FreeScaleScaleFusion", model=model, fast_mode=False, start_percent=0.0,
+                       end_percent=1.0, jitter_seed=jitter_seed, jitter=True).out(0)
+    cells = 16 if kind == "flux2" else 8  # image px per latent cell
+    latent = g.node("UltraResTest_SeededLatent", width=2048 * 8 // cells, height=1024 * 8 // cells, batch=1, seed=5,
+                    channels=CHANNELS[kind])
+    guider = g.node("CFGGuider", model=model, positive=dit.out(1), negative=dit.out(2), cfg=3.0)
+    sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=1, denoise=1.0)
+    sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=3).out(0), guider=guider.out(0),
+                 sampler=g.node("KSamplerSelect", sampler_name="euler").out(0), sigmas=sigmas.out(0),
+                 latent_image=latent.out(0))
+    g.node("UltraResTest_RecordLatent", samples=sca.out(0), tag=tag)
+    return g.finalize()
+
+
+def fused(host, rec, kind, **kwargs):
+    host.reset_cache()
+    host.run(fusion_graph(kind, **kwargs))
+    return rec.LATENTS[kwargs.get("tag", "fused")]
+
+
+@pytest.mark.parametrize("kind", ["flux2", "qwen_image"])
+def test_scale_fusion_runs_on_joint_attention_and_is_seeded(host, rec, kind):
+    plain = fused(host, rec, kind, fusion=False, tag="plain")
+    first, again = fused(host, rec, kind), fused(host, rec, kind)
+    other = fused(host, rec, kind, jitter_seed=1)
+    assert torch.isfinite(first).all() and first.shape == plain.shape
+    assert (first - plain).abs().mean() > 1e-4, "the windows reach the image tokens"
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("kind", ["lumina2", "sd3"])
+def test_scale_fusion_refuses_the_other_dits_by_name(host, kind):
+    model = host.module_of("UltraResTest_TinyDiT").tiny_dit(kind)
+    with pytest.raises(ValueError, match=r"^model: FreeScale Scale Fusion needs .* is neither"):
+        host.node_classes["UltraRes_FreeScaleScaleFusion"].execute(
+            model, fast_mode=False, start_percent=0.0, end_percent=1.0, jitter_seed=0, jitter=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_global_positions_where_comfyui_can_shift_them(host, rec, calls, kind):
+    """Flux.2 and Z-Image read rope_options: global positions change the result and leave the input
+    model as it was; Qwen-Image and SD3 cannot shift their positions and refuse it by name."""
+    graph = dit_graph(kind, tag="global")
+    sampler = next(n for n in graph.values() if n["class_type"] == "UltraRes_PixelsmithSampler")
+    sampler["inputs"]["positions"] = "global"
+    model = host.module_of("UltraResTest_TinyDiT").tiny_dit(kind)
+    options = repr(model.model_options)
+    host.reset_cache()
+    if kind in ("qwen_image", "sd3"):
+        with pytest.raises(WorkflowError, match=r"positions: 'global' .* Use 'local'"):
+            host.run(graph)
+        return
+    host.run(graph)
+    moved = rec.LATENTS["global"]
+    local = sample(host, rec, calls, kind, seed=1)
+    assert torch.isfinite(moved).all() and not torch.equal(moved, local)
+    assert repr(model.model_options) == options
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampler_stops_at_an_interrupt(host, calls, kind):
+    import comfy.model_management
+
+    graph = dit_graph(kind, tag="interrupted")
+    dit = next(n for n in graph.values() if n["class_type"] == "UltraResTest_TinyDiT")
+    dit["inputs"]["interrupt_after"] = 2
+    host.reset_cache()
+    try:
+        with pytest.raises(InterruptedError):
+            host.run(graph)
+        assert len(calls) == 2, "no model call after the interrupt"
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
