@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-PIXELSMITH = {"band", "patch_batch", "crop_conditioning", "state_device"}
+PIXELSMITH = {"band", "patch_batch", "crop_conditioning", "state_device", "positions"}
 ULTRAPIXEL_SAMPLING = {"cfg_rescale", "shift", "lr_size"}
 
 # Node id -> its expert-only inputs; every other input (and every other node) stays in the default view.

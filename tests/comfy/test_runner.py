@@ -23,6 +23,13 @@ KEEP = {"lr_size"}  # a model's native size, not a picture size
 SIZE_LIST = re.compile(r"^\s*\d+(\s*x\s*\d+)?(\s*[,;]\s*\d+(\s*x\s*\d+)?)*\s*$")
 
 
+def size_list(value) -> bool:
+    """A string of picture sizes such as "2048, 4096" or "2048x1536" (every number at least 64 px, so a
+    combo value such as a tiny VAE's "16" channels is not one)."""
+    return (isinstance(value, str) and SIZE_LIST.match(value) is not None
+            and all(int(x) >= 64 for x in re.findall(r"\d+", value)))
+
+
 def picture_size(name: str, value) -> bool:
     """An int input holding a picture size in px (named *width/*height/*size, not ``KEEP``)."""
     return (isinstance(value, int) and not isinstance(value, bool) and SIZE_INPUT.search(name) is not None
@@ -37,8 +44,8 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
     ``lr_size`` is the model's native size, not a picture size, and stays. Nothing else is touched."""
     out = json.loads(json.dumps(prompt))
     sizes = [v for n in out.values() for k, v in n["inputs"].items() if picture_size(k, v)]
-    sizes += [int(x) for n in out.values() for v in n["inputs"].values()
-              if isinstance(v, str) and SIZE_LIST.match(v) for x in re.findall(r"\d+", v)]
+    sizes += [int(x) for n in out.values() for v in n["inputs"].values() if size_list(v)
+              for x in re.findall(r"\d+", v)]
     factor = max(1, -(-max(sizes, default=0) // max_px))
 
     def scaled(v: int) -> int:
@@ -48,7 +55,7 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
         for k, v in node["inputs"].items():
             if picture_size(k, v):
                 node["inputs"][k] = scaled(v)
-            elif isinstance(v, str) and SIZE_LIST.match(v):
+            elif size_list(v):
                 node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
             elif k == "steps" and isinstance(v, int):
                 node["inputs"][k] = min(v, steps)

@@ -14,9 +14,11 @@ PUBLIC_MODEL_FILES = {
                   "v1-5-pruned-emaonly.safetensors", "stable_cascade_stage_c.safetensors",
                   "stable_cascade_stage_b.safetensors"},
     "unet_name": {"stable_cascade_stage_c.safetensors", "stable_cascade_stage_b.safetensors",
-                  "stage_c_bf16.safetensors", "stage_b_bf16.safetensors"},
+                  "stage_c_bf16.safetensors", "stage_b_bf16.safetensors", "flux1-dev.safetensors"},
     "clip_name": {"model.safetensors", "clip_g.safetensors"},
-    "vae_name": {"stage_a.safetensors", "sdxl_vae.safetensors"},
+    "clip_name1": {"clip_l.safetensors"},
+    "clip_name2": {"t5xxl_fp16.safetensors"},
+    "vae_name": {"stage_a.safetensors", "sdxl_vae.safetensors", "ae.safetensors"},
     "ultrapixel_name": {"ultrapixel_t2i.safetensors"},
 }
 
@@ -47,7 +49,8 @@ def test_workflow_hygiene(host, path):
             cursor += 1 + (extra is not None)
 
 
-LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader", "UltraRes_UltraPixelLoader"}
+LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader",
+           "UltraRes_UltraPixelLoader"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -60,7 +63,8 @@ def test_every_loader_says_where_to_download_its_file(host, path):
             continue
         models = node.get("properties", {}).get("models")
         assert models, f"{node['type']} (node {node['id']}) has no properties.models"
-        (entry,) = models
-        assert entry["name"] == node["widgets_values"][0], "the entry names the file the loader loads"
-        assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith("/" + entry["name"]), entry
-        assert entry["directory"] in folder_paths.folder_names_and_paths, f"unknown model folder {entry['directory']!r}"
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")]
+        assert [entry["name"] for entry in models] == files, "one entry per file the loader loads, in order"
+        for entry in models:
+            assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith("/" + entry["name"])
+            assert entry["directory"] in folder_paths.folder_names_and_paths, f"unknown folder {entry['directory']!r}"

@@ -20,6 +20,12 @@ def demo_stand_in(class_type: str, inputs: dict) -> dict | None:
     if class_type == "UNETLoader" and cascade:
         return {"class_type": "UltraResTest_TinyCascadeStage",
                 "inputs": {"stage": "b" if "stage_b" in name else "c", "seed": 0}}
+    if class_type == "UNETLoader" and name.startswith("flux1"):
+        return {"class_type": "UltraResTest_TinyFlux", "inputs": {"seed": 0}}  # slot 0: MODEL
+    if class_type == "DualCLIPLoader" and inputs.get("type") == "flux":
+        return {"class_type": "UltraResTest_TinyFluxText", "inputs": {}}
+    if class_type == "VAELoader" and name == "ae.safetensors":  # Flux.1's 16-channel VAE
+        return {"class_type": "UltraResTest_TinyVAE", "inputs": {"channels": "16", "seed": 0}}
     if class_type == "CLIPLoader" and inputs.get("type") == "stable_cascade":
         return {"class_type": "UltraResTest_TinyCascadeClip", "inputs": {"seed": 0}}
     if class_type == "VAELoader" and cascade:
