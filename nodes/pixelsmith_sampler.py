@@ -384,7 +384,8 @@ class PixelsmithSamplerNode(io.ComfyNode):
                 "any guider (CFGGuider, cfg 7.5) and BasicScheduler ddim_uniform 50 steps (the DDIM "
                 "schedule of the official code, Thanos-DB/Pixelsmith). Works with any image model with a "
                 "spatial latent (SD1.5, SDXL with "
-                "per-patch crop conditioning, SD3, Flux-class). Cost: about 2x a tiling of the image "
+                "per-patch crop conditioning, SD3, Flux.1, Flux.2, Qwen-Image, Z-Image; positions picks DiT "
+                "rotary positions per patch). Cost: about 2x a tiling of the image "
                 "in patch calls per step (faithful); fast mode batches patches. Memory is constant in "
                 "the image size on the device. For huge latents SamplerCustomAdvanced's "
                 "denoised_output is only a preview-size latent: use output."),

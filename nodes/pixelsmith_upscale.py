@@ -71,7 +71,9 @@ class PixelsmithUpscale(io.ComfyNode):
                 "CFG, the DDIM leading timesteps of Thanos-DB/Pixelsmith). Chain stages by "
                 "LATENT: base 1024² → "
                 "×2 (slider 20) → ×2 (slider 30), or on to gigapixel ending in Save Large Image. Models: "
-                "SDXL as in the paper; any spatial-latent model with a matching VAE works. Cost per "
+                "SDXL as in the paper; any spatial-latent model with a matching VAE works (SD1.5, SD3, Flux.1, "
+                "Flux.2, Qwen-Image, Z-Image; on DiTs set patch_size to the native size, 1024 px = 128 cells, "
+                "64 on Flux.2). Cost per "
                 "stage: steps × about 2× (image area / patch area) patch calls with CFG; device memory "
                 "does not grow with the image, the IMAGE output falls back to a preview above 64 Mpx."),
             inputs=[
