@@ -173,8 +173,8 @@ def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: f
     if not names and not dit:
         raise ValueError(
             "model: FreeScale Scale Fusion needs a UNet with transformer self-attention (SD1.x/SDXL) or a DiT "
-            f"with joint attention ({freescale_fusion_dit.supported_names()}); "
-            f"{type(diffusion_model).__name__} is neither.")
+            f"with joint attention ({freescale_fusion_dit.supported_names()}); this "
+            f"{type(model.model.model_config).__name__} model ({type(diffusion_model).__name__}) is neither.")
     sampling = model.get_model_object("model_sampling")
     config = ScaleFusionConfig(
         sigma_start=float(sampling.percent_to_sigma(start_percent)),

@@ -71,13 +71,14 @@ FREESCALE = dict(resolutions="128", seed=1, steps=3, cfg=5.0, cosine_scale=2.0, 
 
 def freescale(vae="own", family="sdxl", **overrides):
     g = graph_builder()
-    if family == "flux":
-        model, pos, neg = flux(g)
+    if family == "sd3":
+        dit = g.node("UltraResTest_TinyDiT", kind="sd3", seed=0)
+        model, pos, neg = dit.out(0), dit.out(1), dit.out(2)
     else:
         model, pos, neg, own = sdxl(g)
     chosen = vae16(g) if vae == "16" else sdxl(g)[3]
     node = g.node("UltraRes_FreeScaleUpscale", model=model, vae=chosen, positive=pos, negative=neg,
-                  latent=latent(g, 16 if family == "flux" else 4), **{**FREESCALE, **overrides})
+                  latent=latent(g, 16 if family == "sd3" else 4), **{**FREESCALE, **overrides})
     g.node("UltraResTest_RecordLatent", samples=node.out(0), tag="bad_input")
     return g.finalize()
 
@@ -224,8 +225,8 @@ CASES = [
          r"latent: the latent has 16 channels but this VAE decodes 4-channel latents"),
     Case("freescale-16ch-vae", lambda: freescale(vae="16"),
          r"vae: this VAE makes 16-channel latents but the model works on 4-channel latents"),
-    Case("freescale-flux-model", lambda: freescale(vae="16", family="flux"),
-         r"model: FreeScale Scale Fusion needs a UNet"),
+    Case("freescale-sd3-model", lambda: freescale(vae="16", family="sd3"),
+         r"model: FreeScale Scale Fusion needs a UNet .* or a DiT .*; this SD3 model .* is neither"),
     Case("stage-c-image-sdxl-vae", lambda: stage_c(image_vae="sdxl"),
          r"vae: this VAE makes 4-channel latents but the model works on 16-channel latents"),
     Case("stage-c-image-stage-a-vae", lambda: stage_c(image_vae="stage_a"), r"vae: this VAE makes 4-channel"),
