@@ -192,6 +192,13 @@ def latent_packing(model: ModelPatcher | object) -> int:
     return _by_format(LATENT_PACKING, _latent_format(model)) or 1
 
 
+def check_keep_detail(model: ModelPatcher, keep_detail: bool) -> None:
+    """Refuse ``keep_detail`` on packed latents, which it would resample as they are."""
+    if keep_detail and latent_packing(model) > 1:
+        raise ValueError("keep_detail: this model's latents are packed (Flux.2: 2x2 cells in 128 channels), and "
+                         "keep_detail would resample them as they are; turn keep_detail off for this model.")
+
+
 LATENT_COPIES = 6  # full-size latents a stage holds at once: x, its snapshot, noise, x_up, x0, step map
 
 

@@ -81,6 +81,7 @@ def self_cascade_function(model: KSamplerX0Inpaint, x: torch.Tensor, sigmas: tor
                                              config.cosine_scale_bg, x_up.shape[0]).to(x_up.device)
     else:
         exponent = float(config.cosine_scale)
+
     def noised(sigma: torch.Tensor, n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return model_sampling.noise_scaling(sigma.reshape(1), n, z)  # k-space x_up + σ·n; flow (1 − σ)·x_up + σ·n
 
@@ -226,14 +227,14 @@ class FreeScaleUpscale(io.ComfyNode):
                 "sampled at the model's native size (e.g. 1024² SDXL, euler + ddim_uniform) and, for each "
                 "target in resolutions, upsamples it in RGB space (VAE decode → bicubic → VAE encode, tiled "
                 "above 2048²), then re-samples it with the tailored self-cascade sampler on a model patched "
-                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1, "
-                "Flux.2 and Qwen-Image DiTs (Scale Fusion on their joint attention and the self-cascade in their "
-                "flow space; dilation and FreeU have no DiT counterpart and are skipped). "
+                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1 "
+                "and Flux.2 DiTs (Scale Fusion on their joint attention and the self-cascade in their flow "
+                "space; dilation and FreeU have no DiT counterpart and are skipped). "
                 "Cost: 70% of the steps per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
                 "(use fast_mode at 8192²). One progress bar with previews over all stages."),
             inputs=[
-                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux, Flux.2 or "
-                                                "Qwen-Image). Connect it "
+                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux or Flux.2). "
+                                                "Connect it "
                                                 "without FreeU: FreeU is added here, and a FreeU-patched model is "
                                                 "detected and not patched twice."),
                 io.Vae.Input("vae", tooltip="The VAE of that model. Used for the RGB-space upsampling between stages."),
@@ -298,9 +299,7 @@ class FreeScaleUpscale(io.ComfyNode):
         restart = freescale.restart_step(steps)
         sigmas = stage.leading_sigmas(model, steps)
 
-        if keep_detail and stage.latent_packing(model) > 1:
-            raise ValueError("keep_detail: this model's latents are packed (Flux.2: 2x2 cells in 128 channels), and "
-                             "keep_detail would resample them as they are; turn keep_detail off for this model.")
+        stage.check_keep_detail(model, bool(keep_detail))
         stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
                                          latent_px=ratio)
         unet = bool(restrained_dilation_layers(model.get_model_object("diffusion_model")))

@@ -140,9 +140,7 @@ class PixelsmithUpscale(io.ComfyNode):
         config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device,
                               positions)
         check_vae_matches_model(model, vae)
-        if keep_detail and stage.latent_packing(model) > 1:
-            raise ValueError("keep_detail: this model's latents are packed (Flux.2: 2x2 cells in 128 channels), and "
-                             "keep_detail would resample them as they are; turn keep_detail off for this model.")
+        stage.check_keep_detail(model, bool(keep_detail))
         sigmas = stage.leading_sigmas(model, steps)
         multiple = stage.latent_px(vae)
         if image is not None:

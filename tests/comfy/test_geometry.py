@@ -37,3 +37,13 @@ def test_a_format_that_says_its_ratio_wins_and_unknown_formats_are_refused(host)
     assert stage.model_latent_px(with_format(own)) == 4
     with pytest.raises(ValueError, match=r"^model: .*latent format SC_Prior"):
         stage.model_latent_px(with_format(formats.SC_Prior()))
+
+
+def test_keep_detail_is_refused_on_packed_latents_only(host):
+    """Both upscale nodes call this before resampling a latent: Flux.2's packed cells are refused by name."""
+    stage = stage_module(host)
+    dits = host.module_of("UltraResTest_TinyDiT")
+    with pytest.raises(ValueError, match=r"^keep_detail: this model's latents are packed"):
+        stage.check_keep_detail(dits.tiny_dit("flux2"), True)
+    stage.check_keep_detail(dits.tiny_dit("flux2"), False)
+    stage.check_keep_detail(dits.tiny_dit("qwen_image"), True)
