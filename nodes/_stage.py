@@ -192,6 +192,12 @@ def latent_packing(model: ModelPatcher | object) -> int:
     return _by_format(LATENT_PACKING, _latent_format(model)) or 1
 
 
+def dit_patch_side(diffusion_model: object) -> int:
+    """Latent cells per token side of a DiT (its ``patch_size``; 1 when it has none)."""
+    side = getattr(diffusion_model, "patch_size", 1)
+    return int(side[-1] if isinstance(side, (tuple, list)) else side)
+
+
 def check_keep_detail(model: ModelPatcher, keep_detail: bool) -> None:
     """Refuse ``keep_detail`` on packed latents, which it would resample as they are."""
     if keep_detail and latent_packing(model) > 1:

@@ -23,7 +23,7 @@ from ..kernels import freescale
 from . import freescale_fusion_dit
 from ._checks import check_numbers
 from ._schema import advanced
-from ._stage import model_latent_px
+from ._stage import dit_patch_side, model_latent_px
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -185,7 +185,7 @@ def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: f
     if dit:
         wrapper = freescale_fusion_dit.JointFusion(
             config.sigma_start, config.sigma_end, config.fast_mode, config.seed, config.jitter, config.base_px,
-            config.latent_px, freescale_fusion_dit.token_side(diffusion_model))
+            config.latent_px, dit_patch_side(diffusion_model))
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "ultrares_scale_fusion",
                                      wrapper)
         return patched

@@ -100,7 +100,3 @@ class JointFusion:
 
         return fused
 
-
-def token_side(diffusion_model: torch.nn.Module) -> int:
-    side = getattr(diffusion_model, "patch_size", 1)
-    return int(side[-1] if isinstance(side, (tuple, list)) else side)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import comfy.model_base
 
 from ..kernels.tiling import PatchBox
+from ._stage import dit_patch_side
 
 POSITIONS = ("local", "global")
 # Diffusion-model modules whose image-token positions follow transformer_options["rope_options"].
@@ -35,8 +36,7 @@ def token_side(inner_model: comfy.model_base.BaseModel, positions: str) -> int |
             f"positions: 'global' shifts the rotary positions of a DiT's image tokens, which ComfyUI supports on "
             f"{', '.join(ROPE_MODEL_MODULES.values())}; this model ({type(net).__name__}) has no such "
             "positions. Use 'local'.")
-    side = getattr(net, "patch_size", 1)
-    return int(side[-1] if isinstance(side, (tuple, list)) else side)
+    return dit_patch_side(net)
 
 
 def with_patch_position(model_options: dict, box: PatchBox, token: int) -> dict:
