@@ -56,8 +56,10 @@ def check_vae_matches_model(model: ModelPatcher, vae: VAE) -> None:
 
 
 def check_latent_matches_vae(samples: torch.Tensor, vae: VAE, name: str) -> None:
-    """Refuse a latent the VAE cannot decode: not (B, C, H, W), or C ≠ the VAE's latent channels."""
-    if samples.dim() != 4 or getattr(samples, "is_nested", False):
+    """Refuse a latent the VAE cannot decode as one picture: not (B, C, H, W) (or, for a video VAE
+    such as Qwen-Image's, a single frame (B, C, 1, H, W)), or C ≠ the VAE's latent channels."""
+    frame = samples.dim() == 5 and samples.shape[2] == 1 and getattr(vae, "latent_dim", 2) == 3
+    if (samples.dim() != 4 and not frame) or getattr(samples, "is_nested", False):
         raise ValueError(f"{name}: expected an image latent (B, C, H, W), got shape {tuple(samples.shape)}; "
                          f"video and audio latents are not supported here.")
     want = int(vae.latent_channels)

@@ -57,18 +57,34 @@ class Tiling:
 
 
 def decode(vae: VAE, samples: torch.Tensor, tiling: Tiling) -> torch.Tensor:
-    """LATENT samples → IMAGE ``(B, H, W, C)``, tiled above ``tiling.decode_above_px``."""
+    """LATENT samples → IMAGE ``(B, H, W, C)``, tiled above ``tiling.decode_above_px``.
+
+    A single-frame video latent ``(B, C, 1, H, W)`` (Qwen-Image's Wan 2.1 VAE) gives B images.
+    """
     ratio = vae.spacial_compression_decode()
     if samples.shape[-2] * samples.shape[-1] * ratio * ratio > tiling.decode_above_px:
-        return vae.decode_tiled(samples, **tiling.decode_tiles)
-    return vae.decode(samples)
+        images = vae.decode_tiled(samples, **tiling.decode_tiles)
+    else:
+        images = vae.decode(samples)
+    return images.reshape(-1, *images.shape[-3:])  # a video VAE's (B, T, H, W, C) → (B·T, H, W, C)
 
 
 def encode(vae: VAE, pixels: torch.Tensor, tiling: Tiling) -> torch.Tensor:
-    """IMAGE ``(B, H, W, 3)`` → LATENT samples, tiled above ``tiling.encode_above_px``."""
+    """IMAGE ``(B, H, W, 3)`` → LATENT samples, tiled above ``tiling.encode_above_px``.
+
+    A video VAE (``latent_dim`` 3) would read the batch as the frames of one clip and compress
+    them in time, so each picture is encoded on its own, as a single frame ``(1, C, 1, h, w)``.
+    """
+    if getattr(vae, "latent_dim", 2) == 3 and pixels.shape[0] > 1:
+        return torch.cat([encode(vae, pixels[i:i + 1], tiling) for i in range(pixels.shape[0])])
     if pixels.shape[1] * pixels.shape[2] > tiling.encode_above_px:
         return vae.encode_tiled(pixels, **tiling.encode_tiles)
     return vae.encode(pixels)
+
+
+def spatial(samples: torch.Tensor) -> torch.Tensor:
+    """The ``(B, C, H, W)`` view of a picture latent, also of a single-frame ``(B, C, 1, H, W)``."""
+    return samples[:, :, 0] if samples.dim() == 5 else samples
 
 
 Resize = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -92,7 +108,10 @@ def reencode(vae: VAE, source: torch.Tensor, size: tuple[int, int], resize: Resi
     del image
     z = encode(vae, resized, tiling)
     del resized
-    return z if source_latent is None else keep_latent_detail(z, source_latent)
+    if source_latent is None:
+        return z
+    kept = keep_latent_detail(spatial(z), spatial(source_latent))
+    return kept.unsqueeze(2) if z.dim() == 5 else kept
 
 
 def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -180,11 +180,11 @@ def output_image(vae: VAE, samples: torch.Tensor, decode_image: bool) -> torch.T
     if decode_image and pixels <= FULL_IMAGE_MAX_PIXELS and pixels * 3 * 4 * 3 < psutil.virtual_memory().available:
         return stage.decode(vae, samples, TILING)
     s = min(1.0, PREVIEW_LATENT_SIDE / max(h, w))
-    small = F.interpolate(samples, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
+    small = F.interpolate(stage.spatial(samples), size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
     if decode_image:
         log.info("Pixelsmith Upscale: %dx%d is too big for an IMAGE; the image output is a preview.",
                  w * ratio, h * ratio)
-    return vae.decode(small)
+    return stage.decode(vae, small.unsqueeze(2) if samples.dim() == 5 else small, TILING)
 
 
 NODES = (PixelsmithUpscale,)

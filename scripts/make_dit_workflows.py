@@ -23,65 +23,217 @@ from harness.pack import WORKFLOW_DIR  # noqa: E402
 from harness.workflow_format import widget_layout  # noqa: E402
 
 HF = "https://huggingface.co"
-FLUX_FILES = {
-    "flux1-dev.safetensors": (f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
-                              "diffusion_models"),
-    "clip_l.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
-                           "text_encoders"),
-    "t5xxl_fp16.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
-                               "text_encoders"),
-    "ae.safetensors": (f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
-}
-FLUX_NOTE = (
-    "## Model files\n| file | folder | download |\n|---|---|---|\n"
-    "| `flux1-dev.safetensors` | `models/diffusion_models/` | [black-forest-labs/FLUX.1-dev](https://huggingface.co/"
-    "black-forest-labs/FLUX.1-dev) (gated: accept its licence) |\n"
-    "| `clip_l.safetensors`, `t5xxl_fp16.safetensors` | `models/text_encoders/` | [comfyanonymous/flux_text_encoders]"
-    "(https://huggingface.co/comfyanonymous/flux_text_encoders) |\n"
-    "| `ae.safetensors` | `models/vae/` | [black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/"
-    "FLUX.1-dev) |\n\n"
-    "Flux dev is guidance-distilled: cfg 1 everywhere, the guidance comes from FluxGuidance (3.5). Pixelsmith "
-    "runs each 1024 px patch at local positions (its measured default); two ×2 stages at 28 steps take "
-    "231 + 1023 patch calls in faithful mode, 252 + 700 patches batched several to a call in fast mode. "
-    "UltraRes itself never downloads anything.")
 PROMPT = "A medieval harbour town at dawn, fishing boats, stone houses, intricate details, sharp focus, 8k photograph"
 SEED = 123
 
-# name -> nodes: (id, type, title, widget values by input name, links {input: (source id, output slot)})
-WORKFLOWS = {
-    "Pixelsmith upscale - Flux.1 dev 1024 to 4K (4096 px), two x2 stages": [
-        (1, "UNETLoader", "Load Flux.1 dev (models/diffusion_models)",
-         {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}),
-        (2, "DualCLIPLoader", "Load CLIP-L + T5-XXL (models/text_encoders)",
-         {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
-          "device": "default"}, {}),
-        (3, "VAELoader", "Load the Flux VAE (models/vae)", {"vae_name": "ae.safetensors"}, {}),
-        (4, "CLIPTextEncode", "Prompt", {"text": PROMPT}, {"clip": (2, 0)}),
-        (5, "FluxGuidance", "Guidance 3.5", {"guidance": 3.5}, {"conditioning": (4, 0)}),
-        (6, "CLIPTextEncode", "Negative (unused at cfg 1)", {"text": ""}, {"clip": (2, 0)}),
-        (7, "EmptySD3LatentImage", "1024² base", {"width": 1024, "height": 1024, "batch_size": 1}, {}),
-        (8, "KSampler", "Stage 0: Flux dev 1024² (28 steps, cfg 1)",
-         {"seed": SEED, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
-         {"model": (1, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}),
-        *[(9 + i, "UltraRes_PixelsmithUpscale", f"Pixelsmith ×2 → {2048 * 2 ** i}²",
-           {"scale_by": 2.0, "target_width": 0, "target_height": 0, "seed": SEED, "steps": 28, "cfg": 1.0,
-            "slider": -1, "patch_size": 128, "band": 10, "mode": "fast", "patch_batch": 0,
-            "crop_conditioning": "fixed", "state_device": "auto", "decode_image": i == 1, "keep_detail": False,
-            "positions": "local"},
-           {"model": (1, 0), "vae": (3, 0), "positive": (5, 0), "negative": (6, 0), "latent": (8 + i, 0)})
-          for i in range(2)],
-        (11, "SaveImage", "Save the 4096² image", {"filename_prefix": "ultrares/pixelsmith_flux_4096"},
-         {"images": (10, 1)}),
-    ],
+
+def hf(repo: str, path: str, folder: str) -> tuple[str, str]:
+    return f"{HF}/{repo}/resolve/main/{path}", folder
+
+
+# file name -> (download URL, ComfyUI models folder)
+FILES = {
+    "flux1-dev.safetensors": hf("black-forest-labs/FLUX.1-dev", "flux1-dev.safetensors", "diffusion_models"),
+    "clip_l.safetensors": hf("comfyanonymous/flux_text_encoders", "clip_l.safetensors", "text_encoders"),
+    "t5xxl_fp16.safetensors": hf("comfyanonymous/flux_text_encoders", "t5xxl_fp16.safetensors", "text_encoders"),
+    "ae.safetensors": hf("black-forest-labs/FLUX.1-dev", "ae.safetensors", "vae"),
+    "flux2_dev_fp8mixed.safetensors": hf("Comfy-Org/flux2-dev", "split_files/diffusion_models/"
+                                         "flux2_dev_fp8mixed.safetensors", "diffusion_models"),
+    "mistral_3_small_flux2_bf16.safetensors": hf("Comfy-Org/flux2-dev", "split_files/text_encoders/"
+                                                 "mistral_3_small_flux2_bf16.safetensors", "text_encoders"),
+    "flux2-vae.safetensors": hf("Comfy-Org/flux2-dev", "split_files/vae/flux2-vae.safetensors", "vae"),
+    "qwen_image_fp8_e4m3fn.safetensors": hf("Comfy-Org/Qwen-Image_ComfyUI", "split_files/diffusion_models/"
+                                            "qwen_image_fp8_e4m3fn.safetensors", "diffusion_models"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": hf("Comfy-Org/Qwen-Image_ComfyUI", "split_files/text_encoders/"
+                                                "qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
+    "qwen_image_vae.safetensors": hf("Comfy-Org/Qwen-Image_ComfyUI", "split_files/vae/qwen_image_vae.safetensors",
+                                     "vae"),
+    "z_image_turbo_bf16.safetensors": hf("Comfy-Org/z_image_turbo", "split_files/diffusion_models/"
+                                         "z_image_turbo_bf16.safetensors", "diffusion_models"),
+    "qwen_3_4b.safetensors": hf("Comfy-Org/z_image_turbo", "split_files/text_encoders/qwen_3_4b.safetensors",
+                                "text_encoders"),
+    "sd3.5_large_fp8_scaled.safetensors": hf("Comfy-Org/stable-diffusion-3.5-fp8",
+                                             "sd3.5_large_fp8_scaled.safetensors", "checkpoints"),
 }
-NOTES = {"Pixelsmith upscale - Flux.1 dev 1024 to 4K (4096 px), two x2 stages": (FLUX_NOTE, FLUX_FILES)}
+Z_IMAGE_VAE = hf("Comfy-Org/z_image_turbo", "split_files/vae/ae.safetensors", "vae")  # ungated copy of Flux.1's
+
+
+def files_table(rows: list[tuple[str, str, str]]) -> str:
+    """The note's model-file table: (files, folder, where to get them)."""
+    return ("## Model files\n| file | folder | download |\n|---|---|---|\n"
+            + "".join(f"| {f} | `models/{d}/` | {w} |\n" for f, d, w in rows) + "\n")
+
+
+def pixelsmith_stages(first_id: int, model: tuple, vae: tuple, positive: tuple, negative: tuple, latent: tuple,
+                      scales: list[float], steps: int, cfg: float, patch_size: int, side: int) -> list:
+    """One Pixelsmith Upscale per scale, chained by LATENT; the last decodes the image."""
+    nodes = []
+    for i, scale in enumerate(scales):
+        side = round(side * scale)
+        nodes.append((first_id + i, "UltraRes_PixelsmithUpscale", f"Pixelsmith ×{scale:g} → {side}²",
+                      {"scale_by": scale, "target_width": 0, "target_height": 0, "seed": SEED, "steps": steps,
+                       "cfg": cfg, "slider": -1, "patch_size": patch_size, "band": 10, "mode": "fast",
+                       "patch_batch": 0, "crop_conditioning": "fixed", "state_device": "auto",
+                       "decode_image": i == len(scales) - 1, "keep_detail": False, "positions": "local"},
+                      {"model": model, "vae": vae, "positive": positive, "negative": negative,
+                       "latent": latent if i == 0 else (first_id + i - 1, 0)}))
+    return nodes
+
+
+def text_nodes(first_id: int, clip: tuple, negative: str) -> list:
+    return [(first_id, "CLIPTextEncode", "Prompt", {"text": PROMPT}, {"clip": clip}),
+            (first_id + 1, "CLIPTextEncode", "Negative" + (" (unused at cfg 1)" if not negative else ""),
+             {"text": negative}, {"clip": clip})]
+
+
+def base_sampler(node_id: int, title: str, model: tuple, positive: tuple, negative: tuple, latent: tuple,
+                 steps: int, cfg: float, sampler: str, scheduler: str) -> tuple:
+    return (node_id, "KSampler", title,
+            {"seed": SEED, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+             "denoise": 1.0},
+            {"model": model, "positive": positive, "negative": negative, "latent_image": latent})
+
+
+def save(node_id: int, source: int, prefix: str, side: int) -> tuple:
+    return (node_id, "SaveImage", f"Save the {side}² image", {"filename_prefix": f"ultrares/{prefix}"},
+            {"images": (source, 1)})
+
+
+def unet_loader(node_id: int, file: str, title: str) -> tuple:
+    return (node_id, "UNETLoader", title, {"unet_name": file, "weight_dtype": "default"}, {})
+
+
+def clip_loader(node_id: int, file: str, type_: str, title: str) -> tuple:
+    return (node_id, "CLIPLoader", title, {"clip_name": file, "type": type_, "device": "default"}, {})
+
+
+def vae_loader(node_id: int, file: str, title: str) -> tuple:
+    return (node_id, "VAELoader", title, {"vae_name": file}, {})
+
+
+def empty_latent(node_id: int, type_: str, side: int) -> tuple:
+    return (node_id, type_, f"{side}² base", {"width": side, "height": side, "batch_size": 1}, {})
+
+
+# name -> (note, nodes): (id, type, title, widget values by input name, links {input: (source id, output slot)})
+WORKFLOWS = {
+    "Pixelsmith upscale - Flux.1 dev 1024 to 4K (4096 px), two x2 stages": (
+        files_table([
+            ("`flux1-dev.safetensors`", "diffusion_models", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/"
+             "black-forest-labs/FLUX.1-dev) (gated: accept its licence)"),
+            ("`clip_l.safetensors`, `t5xxl_fp16.safetensors`", "text_encoders",
+             "[comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders)"),
+            ("`ae.safetensors`", "vae", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/"
+             "FLUX.1-dev)")])
+        + "Flux dev is guidance-distilled: cfg 1 everywhere, the guidance comes from FluxGuidance (3.5). Pixelsmith "
+          "runs each 1024 px patch at local positions (its measured default); two ×2 stages at 28 steps take "
+          "231 + 1023 patch calls in faithful mode, 252 + 700 patches batched several to a call in fast mode. "
+          "UltraRes itself never downloads anything.",
+        [
+            unet_loader(1, "flux1-dev.safetensors", "Load Flux.1 dev (models/diffusion_models)"),
+            (2, "DualCLIPLoader", "Load CLIP-L + T5-XXL (models/text_encoders)",
+             {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+              "device": "default"}, {}),
+            vae_loader(3, "ae.safetensors", "Load the Flux VAE (models/vae)"),
+            (4, "CLIPTextEncode", "Prompt", {"text": PROMPT}, {"clip": (2, 0)}),
+            (5, "FluxGuidance", "Guidance 3.5", {"guidance": 3.5}, {"conditioning": (4, 0)}),
+            (6, "CLIPTextEncode", "Negative (unused at cfg 1)", {"text": ""}, {"clip": (2, 0)}),
+            empty_latent(7, "EmptySD3LatentImage", 1024),
+            base_sampler(8, "Stage 0: Flux dev 1024² (28 steps, cfg 1)", (1, 0), (5, 0), (6, 0), (7, 0), 28, 1.0,
+                         "euler", "simple"),
+            *pixelsmith_stages(9, (1, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 28, 1.0, 128, 1024),
+            save(11, 10, "pixelsmith_flux_4096", 4096),
+        ]),
+    "Pixelsmith upscale - Flux.2 dev 1024 to 4K (4096 px), two x2 stages": (
+        files_table([
+            ("`flux2_dev_fp8mixed.safetensors`", "diffusion_models", "[Comfy-Org/flux2-dev](https://huggingface.co/"
+             "Comfy-Org/flux2-dev)"),
+            ("`mistral_3_small_flux2_bf16.safetensors`", "text_encoders", "same repository (an fp8 copy also works)"),
+            ("`flux2-vae.safetensors`", "vae", "same repository")])
+        + "Flux.2 is guidance-distilled (cfg 1, FluxGuidance 4). Its latent has 128 channels at 16 px per cell, "
+          "so patch_size 64 cells is its native 1024 px; the VAE round trip between stages never resamples the "
+          "packed latent. Pixelsmith runs each patch at local positions. UltraRes itself never downloads anything.",
+        [
+            unet_loader(1, "flux2_dev_fp8mixed.safetensors", "Load Flux.2 dev (models/diffusion_models)"),
+            clip_loader(2, "mistral_3_small_flux2_bf16.safetensors", "flux2", "Load Mistral 3 (models/text_encoders)"),
+            vae_loader(3, "flux2-vae.safetensors", "Load the Flux.2 VAE (models/vae)"),
+            *text_nodes(4, (2, 0), ""),
+            (6, "FluxGuidance", "Guidance 4", {"guidance": 4.0}, {"conditioning": (4, 0)}),
+            empty_latent(7, "EmptyFlux2LatentImage", 1024),
+            base_sampler(8, "Stage 0: Flux.2 dev 1024² (28 steps, cfg 1)", (1, 0), (6, 0), (5, 0), (7, 0), 28, 1.0,
+                         "euler", "simple"),
+            *pixelsmith_stages(9, (1, 0), (3, 0), (6, 0), (5, 0), (8, 0), [2.0, 2.0], 28, 1.0, 64, 1024),
+            save(11, 10, "pixelsmith_flux2_4096", 4096),
+        ]),
+    "Pixelsmith upscale - Qwen-Image 1328 to 4K (3984 px), x2 then x1.5": (
+        files_table([
+            ("`qwen_image_fp8_e4m3fn.safetensors`", "diffusion_models", "[Comfy-Org/Qwen-Image_ComfyUI]"
+             "(https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI)"),
+            ("`qwen_2.5_vl_7b_fp8_scaled.safetensors`", "text_encoders", "same repository"),
+            ("`qwen_image_vae.safetensors`", "vae", "same repository")])
+        + "Qwen-Image is native at 1328²; patch_size 168 cells (1344 px) is its native size. Its latent is one "
+          "frame of a video latent, (B, 16, 1, H, W): the stages keep it so. Qwen-Image cannot shift its rotary "
+          "positions, so each patch runs at local positions. cfg 2.5 and 20 steps as ComfyUI's fp8 template; "
+          "ModelSamplingAuraFlow 3.1 sets its flow shift. UltraRes itself never downloads anything.",
+        [
+            unet_loader(1, "qwen_image_fp8_e4m3fn.safetensors", "Load Qwen-Image (models/diffusion_models)"),
+            clip_loader(2, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                        "Load Qwen2.5-VL 7B (models/text_encoders)"),
+            vae_loader(3, "qwen_image_vae.safetensors", "Load the Qwen-Image VAE (models/vae)"),
+            (4, "ModelSamplingAuraFlow", "Flow shift 3.1", {"shift": 3.1}, {"model": (1, 0)}),
+            *text_nodes(5, (2, 0), "blurry, low quality, deformed"),
+            empty_latent(7, "EmptySD3LatentImage", 1328),
+            base_sampler(8, "Stage 0: Qwen-Image 1328² (20 steps, cfg 2.5)", (4, 0), (5, 0), (6, 0), (7, 0), 20, 2.5,
+                         "euler", "simple"),
+            *pixelsmith_stages(9, (4, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 1.5], 20, 2.5, 168, 1328),
+            save(11, 10, "pixelsmith_qwen_image_3984", 3984),
+        ]),
+    "Pixelsmith upscale - Z-Image-Turbo 1024 to 4K (4096 px), 8 steps per stage": (
+        files_table([
+            ("`z_image_turbo_bf16.safetensors`", "diffusion_models", "[Comfy-Org/z_image_turbo](https://huggingface.co/"
+             "Comfy-Org/z_image_turbo)"),
+            ("`qwen_3_4b.safetensors`", "text_encoders", "same repository"),
+            ("`ae.safetensors`", "vae", "same repository (the Flux.1 VAE)")])
+        + "Z-Image-Turbo is distilled to 8 steps at cfg 1. slider -1 guides round(0.4 × 8) = 3 of the 8 steps "
+          "of a first ×2 stage and 5 of the second (the paper's 40 % / 60 %), so the picture keeps its layout "
+          "in few steps. Each patch runs at local positions. UltraRes itself never downloads anything.",
+        [
+            unet_loader(1, "z_image_turbo_bf16.safetensors", "Load Z-Image-Turbo (models/diffusion_models)"),
+            clip_loader(2, "qwen_3_4b.safetensors", "lumina2", "Load Qwen3 4B (models/text_encoders)"),
+            vae_loader(3, "ae.safetensors", "Load the Flux.1 VAE (models/vae)"),
+            (4, "ModelSamplingAuraFlow", "Flow shift 3", {"shift": 3.0}, {"model": (1, 0)}),
+            *text_nodes(5, (2, 0), ""),
+            empty_latent(7, "EmptySD3LatentImage", 1024),
+            base_sampler(8, "Stage 0: Z-Image-Turbo 1024² (8 steps, cfg 1)", (4, 0), (5, 0), (6, 0), (7, 0), 8, 1.0,
+                         "res_multistep", "simple"),
+            *pixelsmith_stages(9, (4, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 8, 1.0, 128, 1024),
+            save(11, 10, "pixelsmith_z_image_turbo_4096", 4096),
+        ]),
+    "Pixelsmith upscale - SD3.5 Large 1024 to 4K (4096 px), two x2 stages": (
+        files_table([
+            ("`sd3.5_large_fp8_scaled.safetensors` (text encoders built in)", "checkpoints",
+             "[Comfy-Org/stable-diffusion-3.5-fp8](https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8)")])
+        + "SD3.5 Large at 28 steps, cfg 4.5, dpmpp_2m + sgm_uniform. SD3's position embedding is a fixed table "
+          "centred on the input, so each 1024 px patch runs at local positions (the only kind it has). "
+          "UltraRes itself never downloads anything.",
+        [
+            (1, "CheckpointLoaderSimple", "Load SD3.5 Large (models/checkpoints)",
+             {"ckpt_name": "sd3.5_large_fp8_scaled.safetensors"}, {}),
+            *text_nodes(2, (1, 1), "blurry, low quality, deformed, watermark"),
+            empty_latent(4, "EmptySD3LatentImage", 1024),
+            base_sampler(5, "Stage 0: SD3.5 Large 1024² (28 steps, cfg 4.5)", (1, 0), (2, 0), (3, 0), (4, 0), 28,
+                         4.5, "dpmpp_2m", "sgm_uniform"),
+            *pixelsmith_stages(6, (1, 0), (1, 2), (2, 0), (3, 0), (5, 0), [2.0, 2.0], 28, 4.5, 128, 1024),
+            save(8, 7, "pixelsmith_sd35_4096", 4096),
+        ]),
+}
 
 
 def build(name: str, spec: list, node_classes: dict) -> dict:
     """The UI-format workflow of one graph."""
     nodes, links = [], []
     outgoing: dict[tuple[int, int], list[int]] = {}
-    note, files = NOTES[name]
+    note, _ = WORKFLOWS[name]
     for order, (node_id, type_, title, values, inputs) in enumerate(spec):
         cls = node_classes[type_]
         spec_inputs = cls.INPUT_TYPES()
@@ -102,6 +254,7 @@ def build(name: str, spec: list, node_classes: dict) -> dict:
                 if extra == "control":
                     widgets.append("fixed")
         properties = {"Node name for S&R": type_}
+        files = {**FILES, "ae.safetensors": Z_IMAGE_VAE} if "Z-Image" in name else FILES
         models = [{"name": v, "url": files[v][0], "directory": files[v][1]} for v in values.values() if v in files]
         if models:
             properties["models"] = models
@@ -126,7 +279,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     host = ComfyHost.boot(args.comfyui, Path(tempfile.mkdtemp(prefix="ultrares_dit_workflows_")),
                           packs={"ultrares": PACK_ROOT, "ultrares_testing": FIXTURE_PACK})
-    for name, spec in WORKFLOWS.items():
+    for name, (_, spec) in WORKFLOWS.items():
         path = WORKFLOW_DIR / f"{name}.json"
         path.write_text(json.dumps(build(name, spec, host.node_classes), indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {path}")

@@ -169,3 +169,48 @@ def test_sampler_stops_at_an_interrupt(host, calls, kind):
         assert len(calls) == 2, "no model call after the interrupt"
     finally:
         comfy.model_management.interrupt_current_processing(False)
+
+
+def upscale_graph(kind, node, base_px=128, seed=4):
+    """Stock-node text-to-image on ``UltraResTest_TinyDiTCheckpoint(kind)`` (its VAE has the model's
+    latent geometry) at ``base_px``², then one ×2 stage of ``node`` → RecordLatent("up") and the image."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("UltraResTest_TinyDiTCheckpoint", kind=kind, seed=0)
+    model, vae = ckpt.out(0), ckpt.out(2)
+    pos = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a red ball")
+    neg = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
+    empty = g.node("EmptyFlux2LatentImage" if kind == "flux2" else "EmptySD3LatentImage",
+                   width=base_px, height=base_px, batch_size=1)
+    base = g.node("KSampler", model=model, positive=pos.out(0), negative=neg.out(0), latent_image=empty.out(0),
+                  seed=seed, steps=2, cfg=2.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    common = {"model": model, "vae": vae, "positive": pos.out(0), "negative": neg.out(0), "latent": base.out(0),
+              "seed": seed, "steps": 3, "cfg": 2.0}
+    if node == "pixelsmith":
+        up = g.node("UltraRes_PixelsmithUpscale", **common, scale_by=2.0, target_width=0, target_height=0, slider=-1,
+                    patch_size=8, band=2, mode="fast", patch_batch=0, crop_conditioning="fixed", state_device="auto",
+                    decode_image=True)
+        image = up.out(1)
+    else:
+        up = g.node("UltraRes_FreeScaleUpscale", **common, resolutions=str(2 * base_px), cosine_scale=2.0,
+                    cosine_scale_bg=1.0, fast_mode=False, dilation=True, freeu=True)
+        image = g.node("VAEDecode", samples=up.out(0), vae=vae).out(0)
+    g.node("UltraResTest_RecordLatent", samples=up.out(0), tag="up")
+    g.node("PreviewImage", images=image)
+    return g.finalize()
+
+
+@pytest.mark.parametrize("kind,node", [(k, "pixelsmith") for k in KINDS]
+                         + [(k, "freescale") for k in ("flux2", "qwen_image")])
+def test_upscale_nodes_run_on_each_dit_with_its_vae_geometry(host, rec, kind, node):
+    """One ×2 stage from a stock text-to-image latent, through the model family's VAE geometry:
+    Flux.2's packed 128-channel latent at 16 px, Qwen-Image's single-frame Wan latent (B, C, 1, H, W)."""
+    host.reset_cache()
+    result = host.run(upscale_graph(kind, node))
+    out = rec.LATENTS["up"]
+    cells = 128 // (16 if kind == "flux2" else 8) * 2
+    frame = (1,) if kind == "qwen_image" else ()
+    assert out.shape == (1, CHANNELS[kind], *frame, cells, cells) and torch.isfinite(out).all()
+    images = [img for o in result.outputs.values() for img in o.get("images", [])]
+    assert len(images) == 1, "one 256² picture, not one per latent frame or channel group"

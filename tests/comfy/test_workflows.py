@@ -12,13 +12,17 @@ from harness.workflow_format import VIRTUAL_NODES, is_ui_workflow, widget_layout
 PUBLIC_MODEL_FILES = {
     "ckpt_name": {"sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors",
                   "v1-5-pruned-emaonly.safetensors", "stable_cascade_stage_c.safetensors",
-                  "stable_cascade_stage_b.safetensors"},
+                  "stable_cascade_stage_b.safetensors", "sd3.5_large_fp8_scaled.safetensors"},
     "unet_name": {"stable_cascade_stage_c.safetensors", "stable_cascade_stage_b.safetensors",
-                  "stage_c_bf16.safetensors", "stage_b_bf16.safetensors", "flux1-dev.safetensors"},
-    "clip_name": {"model.safetensors", "clip_g.safetensors"},
+                  "stage_c_bf16.safetensors", "stage_b_bf16.safetensors", "flux1-dev.safetensors",
+                  "flux2_dev_fp8mixed.safetensors", "qwen_image_fp8_e4m3fn.safetensors",
+                  "z_image_turbo_bf16.safetensors"},
+    "clip_name": {"model.safetensors", "clip_g.safetensors", "mistral_3_small_flux2_bf16.safetensors",
+                  "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_3_4b.safetensors"},
     "clip_name1": {"clip_l.safetensors"},
     "clip_name2": {"t5xxl_fp16.safetensors"},
-    "vae_name": {"stage_a.safetensors", "sdxl_vae.safetensors", "ae.safetensors"},
+    "vae_name": {"stage_a.safetensors", "sdxl_vae.safetensors", "ae.safetensors", "flux2-vae.safetensors",
+                 "qwen_image_vae.safetensors"},
     "ultrapixel_name": {"ultrapixel_t2i.safetensors"},
 }
 
