@@ -227,13 +227,14 @@ class FreeScaleUpscale(io.ComfyNode):
                 "sampled at the model's native size (e.g. 1024² SDXL, euler + ddim_uniform) and, for each "
                 "target in resolutions, upsamples it in RGB space (VAE decode → bicubic → VAE encode, tiled "
                 "above 2048²), then re-samples it with the tailored self-cascade sampler on a model patched "
-                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1 "
-                "and Flux.2 DiTs (Scale Fusion on their joint attention and the self-cascade in their flow "
+                "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1, "
+                "Flux.2 and Qwen-Image DiTs (Scale Fusion on their joint attention and the self-cascade in their flow "
                 "space; dilation and FreeU have no DiT counterpart and are skipped). "
                 "Cost: 70% of the steps per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
                 "(use fast_mode at 8192²). One progress bar with previews over all stages."),
             inputs=[
-                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux or Flux.2). "
+                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux, Flux.2 or "
+                                                "Qwen-Image). "
                                                 "Connect it "
                                                 "without FreeU: FreeU is added here, and a FreeU-patched model is "
                                                 "detected and not patched twice."),
