@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -115,6 +116,31 @@ def empty_latent(node_id: int, type_: str, side: int) -> tuple:
     return (node_id, type_, f"{side}² base", {"width": side, "height": side, "batch_size": 1}, {})
 
 
+def split_files_graph(family: str, unet: str, clip: str, clip_type: str, vae: str, *, encoder: str, vae_label: str,
+                      shift: float = 0.0,
+                      guidance: float = 0.0, empty: str = "EmptySD3LatentImage", side: int = 1024, steps: int,
+                      cfg: float, sampler: str = "euler", scales: tuple = (2.0, 2.0), patch_size: int,
+                      negative: str = "", prefix: str) -> list:
+    """A family loaded from split files (diffusion model, text encoder, VAE: nodes 1–3), prompt and
+    negative (4, 5), node 6 = its flow shift (ModelSamplingAuraFlow) or its distilled guidance
+    (FluxGuidance), the base latent and sampler (7, 8), the Pixelsmith stages and Save Image."""
+    model, positive = ((6, 0), (4, 0)) if shift else ((1, 0), (6, 0))
+    last = 9 + len(scales) - 1
+    return [
+        unet_loader(1, unet, f"Load {family} (models/diffusion_models)"),
+        clip_loader(2, clip, clip_type, f"Load {encoder} (models/text_encoders)"),
+        vae_loader(3, vae, f"Load {vae_label} (models/vae)"),
+        *text_nodes(4, (2, 0), negative),
+        (6, "ModelSamplingAuraFlow", f"Flow shift {shift:g}", {"shift": shift}, {"model": (1, 0)}) if shift else
+        (6, "FluxGuidance", f"Guidance {guidance:g}", {"guidance": guidance}, {"conditioning": (4, 0)}),
+        empty_latent(7, empty, side),
+        base_sampler(8, f"Stage 0: {family} {side}² ({steps} steps, cfg {cfg:g})", model, positive, (5, 0), (7, 0),
+                     steps, cfg, sampler, "simple"),
+        *pixelsmith_stages(9, model, (3, 0), positive, (5, 0), (8, 0), list(scales), steps, cfg, patch_size, side),
+        save(last + 1, last, prefix, round(side * math.prod(scales))),
+    ]
+
+
 # name -> (note, nodes): (id, type, title, widget values by input name, links {input: (source id, output slot)})
 WORKFLOWS = {
     "Pixelsmith upscale - Flux.1 dev 1024 to 4K (4096 px), two x2 stages": (
@@ -153,18 +179,10 @@ WORKFLOWS = {
         + "Flux.2 is guidance-distilled (cfg 1, FluxGuidance 4). Its latent has 128 channels at 16 px per cell, "
           "so patch_size 64 cells is its native 1024 px; the VAE round trip between stages never resamples the "
           "packed latent. Pixelsmith runs each patch at local positions. UltraRes itself never downloads anything.",
-        [
-            unet_loader(1, "flux2_dev_fp8mixed.safetensors", "Load Flux.2 dev (models/diffusion_models)"),
-            clip_loader(2, "mistral_3_small_flux2_bf16.safetensors", "flux2", "Load Mistral 3 (models/text_encoders)"),
-            vae_loader(3, "flux2-vae.safetensors", "Load the Flux.2 VAE (models/vae)"),
-            *text_nodes(4, (2, 0), ""),
-            (6, "FluxGuidance", "Guidance 4", {"guidance": 4.0}, {"conditioning": (4, 0)}),
-            empty_latent(7, "EmptyFlux2LatentImage", 1024),
-            base_sampler(8, "Stage 0: Flux.2 dev 1024² (28 steps, cfg 1)", (1, 0), (6, 0), (5, 0), (7, 0), 28, 1.0,
-                         "euler", "simple"),
-            *pixelsmith_stages(9, (1, 0), (3, 0), (6, 0), (5, 0), (8, 0), [2.0, 2.0], 28, 1.0, 64, 1024),
-            save(11, 10, "pixelsmith_flux2_4096", 4096),
-        ]),
+        split_files_graph("Flux.2 dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_bf16.safetensors",
+                          "flux2", "flux2-vae.safetensors", encoder="Mistral 3", vae_label="the Flux.2 VAE",
+                          guidance=4.0, empty="EmptyFlux2LatentImage", steps=28,
+                          cfg=1.0, patch_size=64, prefix="pixelsmith_flux2_4096")),
     "Pixelsmith upscale - Qwen-Image 1328 to 4K (3984 px), x2 then x1.5": (
         files_table([
             ("`qwen_image_fp8_e4m3fn.safetensors`", "diffusion_models", "[Comfy-Org/Qwen-Image_ComfyUI]"
@@ -175,19 +193,11 @@ WORKFLOWS = {
           "frame of a video latent, (B, 16, 1, H, W): the stages keep it so. Qwen-Image cannot shift its rotary "
           "positions, so each patch runs at local positions. cfg 2.5 and 20 steps as ComfyUI's fp8 template; "
           "ModelSamplingAuraFlow 3.1 sets its flow shift. UltraRes itself never downloads anything.",
-        [
-            unet_loader(1, "qwen_image_fp8_e4m3fn.safetensors", "Load Qwen-Image (models/diffusion_models)"),
-            clip_loader(2, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
-                        "Load Qwen2.5-VL 7B (models/text_encoders)"),
-            vae_loader(3, "qwen_image_vae.safetensors", "Load the Qwen-Image VAE (models/vae)"),
-            (4, "ModelSamplingAuraFlow", "Flow shift 3.1", {"shift": 3.1}, {"model": (1, 0)}),
-            *text_nodes(5, (2, 0), "blurry, low quality, deformed"),
-            empty_latent(7, "EmptySD3LatentImage", 1328),
-            base_sampler(8, "Stage 0: Qwen-Image 1328² (20 steps, cfg 2.5)", (4, 0), (5, 0), (6, 0), (7, 0), 20, 2.5,
-                         "euler", "simple"),
-            *pixelsmith_stages(9, (4, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 1.5], 20, 2.5, 168, 1328),
-            save(11, 10, "pixelsmith_qwen_image_3984", 3984),
-        ]),
+        split_files_graph("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                          "qwen_image", "qwen_image_vae.safetensors", encoder="Qwen2.5-VL 7B",
+                          vae_label="the Qwen-Image VAE", shift=3.1, side=1328, steps=20, cfg=2.5,
+                          scales=(2.0, 1.5), patch_size=168, negative="blurry, low quality, deformed",
+                          prefix="pixelsmith_qwen_image_3984")),
     "Pixelsmith upscale - Z-Image-Turbo 1024 to 4K (4096 px), 8 steps per stage": (
         files_table([
             ("`z_image_turbo_bf16.safetensors`", "diffusion_models", "[Comfy-Org/z_image_turbo](https://huggingface.co/"
@@ -197,18 +207,10 @@ WORKFLOWS = {
         + "Z-Image-Turbo is distilled to 8 steps at cfg 1. slider -1 guides round(0.4 × 8) = 3 of the 8 steps "
           "of a first ×2 stage and 5 of the second (the paper's 40 % / 60 %), so the picture keeps its layout "
           "in few steps. Each patch runs at local positions. UltraRes itself never downloads anything.",
-        [
-            unet_loader(1, "z_image_turbo_bf16.safetensors", "Load Z-Image-Turbo (models/diffusion_models)"),
-            clip_loader(2, "qwen_3_4b.safetensors", "lumina2", "Load Qwen3 4B (models/text_encoders)"),
-            vae_loader(3, "ae.safetensors", "Load the Flux.1 VAE (models/vae)"),
-            (4, "ModelSamplingAuraFlow", "Flow shift 3", {"shift": 3.0}, {"model": (1, 0)}),
-            *text_nodes(5, (2, 0), ""),
-            empty_latent(7, "EmptySD3LatentImage", 1024),
-            base_sampler(8, "Stage 0: Z-Image-Turbo 1024² (8 steps, cfg 1)", (4, 0), (5, 0), (6, 0), (7, 0), 8, 1.0,
-                         "res_multistep", "simple"),
-            *pixelsmith_stages(9, (4, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 8, 1.0, 128, 1024),
-            save(11, 10, "pixelsmith_z_image_turbo_4096", 4096),
-        ]),
+        split_files_graph("Z-Image-Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+                          "ae.safetensors", encoder="Qwen3 4B", vae_label="the Flux.1 VAE", shift=3.0, steps=8,
+                          cfg=1.0, sampler="res_multistep", patch_size=128,
+                          prefix="pixelsmith_z_image_turbo_4096")),
     "Pixelsmith upscale - SD3.5 Large 1024 to 4K (4096 px), two x2 stages": (
         files_table([
             ("`sd3.5_large_fp8_scaled.safetensors` (text encoders built in)", "checkpoints",
