@@ -27,6 +27,7 @@ from comfy_api.latest import io
 
 from ..kernels import freescale
 from . import _stage as stage
+from . import freescale_fusion_dit
 from ._checks import check_latent_matches_vae, check_numbers, check_ram, check_vae_matches_model
 from ._schema import advanced, keep_detail_input
 from .freescale_dilation import apply_restrained_dilation, restrained_dilation_layers
@@ -228,13 +229,14 @@ class FreeScaleUpscale(io.ComfyNode):
                 "target in resolutions, upsamples it in RGB space (VAE decode → bicubic → VAE encode, tiled "
                 "above 2048²), then re-samples it with the tailored self-cascade sampler on a model patched "
                 "with Scale Fusion, restrained dilation and FreeU. Models: SD1.x and SDXL-class UNets; Flux.1, "
-                "Flux.2 and Qwen-Image DiTs (Scale Fusion on their joint attention and the self-cascade in their flow "
-                "space; dilation and FreeU have no DiT counterpart and are skipped). "
+                "Flux.2, Qwen-Image, Z-Image and SD3 DiTs (Scale Fusion on their joint attention and the self-cascade "
+                "in their flow space; dilation and FreeU have no DiT counterpart and are skipped; SD3's position "
+                "table ends at 3072 px). "
                 "Cost: 70% of the steps per stage at each stage's size; 4096² is ≈ 16× the work of 1024² "
                 "(use fast_mode at 8192²). One progress bar with previews over all stages."),
             inputs=[
-                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux, Flux.2 or "
-                                                "Qwen-Image). "
+                io.Model.Input("model", tooltip="The model that made the base image (SD1.x, SDXL, Flux, Flux.2, "
+                                                "Qwen-Image, Z-Image or SD3). "
                                                 "Connect it "
                                                 "without FreeU: FreeU is added here, and a FreeU-patched model is "
                                                 "detected and not patched twice."),
@@ -301,13 +303,16 @@ class FreeScaleUpscale(io.ComfyNode):
         sigmas = stage.leading_sigmas(model, steps)
 
         stage.check_keep_detail(model, bool(keep_detail))
+        diffusion_model = model.get_model_object("diffusion_model")
+        freescale_fusion_dit.check_position_table(freescale_fusion_dit.position_table_px(diffusion_model, ratio),
+                                                  max(sizes, key=max), "FreeScale Upscale")
         stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
                                          latent_px=ratio)
-        unet = bool(restrained_dilation_layers(model.get_model_object("diffusion_model")))
+        unet = bool(restrained_dilation_layers(diffusion_model))
         if not unet and (dilation or freeu):
             log.info("FreeScale Upscale: restrained dilation and FreeU act on a UNet's convolutions and skip "
                      "connections; this %s has neither, so they are skipped (Scale Fusion and the self-cascade run).",
-                     type(model.get_model_object("diffusion_model")).__name__)
+                     type(diffusion_model).__name__)
         if dilation and unet:
             stage_model = apply_restrained_dilation(stage_model, base_px=base_px, latent_px=ratio)
         if freeu and unet:

@@ -5,7 +5,7 @@ FreeScale (Qiu et al., 2024), Scale Fusion (paper Fig. 2(b)); official code ali-
 object-patched on a clone of the model with :class:`ScaleFusionAttention`, which runs the
 original module (ComfyUI's optimized attention, never an explicit N×N matrix) on overlapping
 windows and on the whole map, then fuses them after the output projection, as the 3-D blur
-requires. The math lives in ``kernels/freescale.py``. On a DiT (Flux.1, Flux.2, Qwen-Image) the joint
+requires. The math lives in ``kernels/freescale.py``. On a DiT (Flux.1, Flux.2, Qwen-Image, Z-Image, SD3) the joint
 attention is patched through ComfyUI's attention override instead: ``nodes/freescale_fusion_dit.py``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..kernels import freescale
 from . import freescale_fusion_dit
 from ._checks import check_numbers
 from ._schema import advanced
-from ._stage import dit_patch_side, model_latent_px
+from ._stage import model_latent_px
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -116,13 +116,13 @@ class FreeScaleScaleFusion(io.ComfyNode):
                 "by a 3-D Gaussian frequency split: low frequencies from the windows, high "
                 "frequencies from the global view. Use it on the upscaling stages of a cascade "
                 "(2048² and above) to keep global structure without repetition. Models: SD1.x and "
-                "SDXL-class UNets; Flux.1, Flux.2 and Qwen-Image DiTs (windows of image tokens that each keep "
-                "the whole prompt, fused by a spatial blur). Cost: one extra attention pass over all windows per "
+                "SDXL-class UNets; Flux.1, Flux.2, Qwen-Image, Z-Image and SD3 DiTs (windows of image tokens that "
+                "each keep the whole prompt, fused by a spatial blur; SD3 up to 3072 px a side). Cost: one extra attention pass over all windows per "
                 "self-attention (about 2× attention time); fast mode swaps the global pass for "
                 "dilated sub-grid attention, cheaper at 8192² and above."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to prepare for large sizes (SD1.x or SDXL-class UNet; Flux.1, "
-                                                "Flux.2 or Qwen-Image DiT). A clone is patched; the input is unchanged."),
+                                                "Flux.2, Qwen-Image, Z-Image or SD3 DiT). A clone is patched; the input is unchanged."),
                 io.Boolean.Input("fast_mode", default=False,
                                  tooltip="Turn on at 8192² and above: faster and lighter, slightly lower quality; "
                                          "leave off below. FreeScale fast mode: global part from dilated (strided "
@@ -183,11 +183,10 @@ def apply_scale_fusion(model: ModelPatcher, *, fast_mode: bool, start_percent: f
         base_px=int(base_px), latent_px=int(latent_px or model_latent_px(model)))
     patched = model.clone()
     if dit:
-        wrapper = freescale_fusion_dit.JointFusion(
-            config.sigma_start, config.sigma_end, config.fast_mode, config.seed, config.jitter, config.base_px,
-            config.latent_px, dit_patch_side(diffusion_model))
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "ultrares_scale_fusion",
-                                     wrapper)
+        wrapper = freescale_fusion_dit.JointFusion.for_model(
+            diffusion_model, sigma_start=config.sigma_start, sigma_end=config.sigma_end, fast_mode=config.fast_mode,
+            seed=config.seed, jitter=config.jitter, base_px=config.base_px, latent_px=config.latent_px)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ultrares_scale_fusion", wrapper)
         return patched
     for index, name in enumerate(names):
         key = f"diffusion_model.{name}"

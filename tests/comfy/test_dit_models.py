@@ -88,8 +88,13 @@ def test_model_latent_px_follows_the_model_class(host):
         assert stage.model_latent_px(model) == stage.model_latent_px(model.model), kind
 
 
-def fusion_graph(kind, jitter_seed=0, fusion=True, tag="fused"):
-    """Tiny DiT (→ Scale Fusion) → one Euler step at 2048 × 1024 image px → RecordLatent(tag)."""
+# Scale Fusion sizes in image px: two windows across (the width's scale number is W // 1024). Z-Image's
+# is off its 32-token pad grid (137 × 63 tokens + 9 pad tokens), so the picture's pad tail is exercised.
+FUSION_PX = {"flux2": (2048, 1024), "qwen_image": (2048, 1024), "lumina2": (2192, 1000), "sd3": (2048, 1024)}
+
+
+def fusion_graph(kind, jitter_seed=0, fusion=True, tag="fused", size=None):
+    """Tiny DiT (→ Scale Fusion) → one Euler step at FUSION_PX[kind] image px → RecordLatent(tag)."""
     from comfy_execution.graph_utils import GraphBuilder
 
     g = GraphBuilder(prefix="")
@@ -99,8 +104,9 @@ def fusion_graph(kind, jitter_seed=0, fusion=True, tag="fused"):
         model = g.node("UltraRes_FreeScaleScaleFusion", model=model, fast_mode=False, start_percent=0.0,
                        end_percent=1.0, jitter_seed=jitter_seed, jitter=True).out(0)
     cells = 16 if kind == "flux2" else 8  # image px per latent cell
-    latent = g.node("UltraResTest_SeededLatent", width=2048 * 8 // cells, height=1024 * 8 // cells, batch=1, seed=5,
-                    channels=CHANNELS[kind])
+    width, height = size or FUSION_PX[kind]
+    latent = g.node("UltraResTest_SeededLatent", width=width * 8 // cells, height=height * 8 // cells, batch=1,
+                    seed=5, channels=CHANNELS[kind])
     guider = g.node("CFGGuider", model=model, positive=dit.out(1), negative=dit.out(2), cfg=3.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=1, denoise=1.0)
     sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=3).out(0), guider=guider.out(0),
@@ -116,7 +122,7 @@ def fused(host, rec, kind, **kwargs):
     return rec.LATENTS[kwargs.get("tag", "fused")]
 
 
-@pytest.mark.parametrize("kind", ["flux2", "qwen_image"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_scale_fusion_runs_on_joint_attention_and_is_seeded(host, rec, kind):
     plain = fused(host, rec, kind, fusion=False, tag="plain")
     first, again = fused(host, rec, kind), fused(host, rec, kind)
@@ -126,12 +132,41 @@ def test_scale_fusion_runs_on_joint_attention_and_is_seeded(host, rec, kind):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
-@pytest.mark.parametrize("kind", ["lumina2", "sd3"])
-def test_scale_fusion_refuses_the_other_dits_by_name(host, kind):
-    model = host.module_of("UltraResTest_TinyDiT").tiny_dit(kind)
-    with pytest.raises(ValueError, match=r"^model: FreeScale Scale Fusion needs .* is neither"):
-        host.node_classes["UltraRes_FreeScaleScaleFusion"].execute(
-            model, fast_mode=False, start_percent=0.0, end_percent=1.0, jitter_seed=0, jitter=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_scale_fusion_at_the_native_size_is_plain_attention(host, rec, kind):
+    """One window spans a native-size picture, so every layout (Z-Image's pad tokens moved in front of
+    the grid and back) must give the plain model's result."""
+    size = (1000, 488) if kind == "lumina2" else (1024, 512)
+    plain = fused(host, rec, kind, fusion=False, tag="plain", size=size)
+    torch.testing.assert_close(fused(host, rec, kind, size=size), plain, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_fusion_moves_z_image_pad_tokens_out_of_the_grid(host):
+    """The windows of a padded Z-Image sequence are those of the same tokens with the pads in the prompt."""
+    dit_module = host.module_of("UltraRes_FreeScaleScaleFusion").freescale_fusion_dit
+    config = dict(sigma_start=1.0, sigma_end=0.0, fast_mode=False, seed=0, jitter=True, base_px=1024, latent_px=8,
+                  token_side=2)
+    text, h, w, tail = 8, 63, 129, 1  # tokens: 8 prompt + 24 prompt pads, the grid, 1 picture pad
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32 + h * w + tail, 4, generator=g) for _ in range(3))
+
+    def attention(q_, k_, v_, heads, *rest, **kw):
+        return torch.nn.functional.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)
+
+    padded = dit_module.JointFusion(**config, pad_multiple=32).override((126, 258), text, 1.0, None)
+    out = padded(attention, q, k, v, 2, None, skip_reshape=True)
+    grid = slice(32, 32 + h * w)
+    moved = [torch.cat([t[:, :, :32], t[:, :, grid.stop:], t[:, :, grid]], dim=2) for t in (q, k, v)]
+    plain = dit_module.JointFusion(**config).override((126, 258), 32 + tail, 1.0, None)
+    expected = plain(attention, *moved, 2, None, skip_reshape=True)
+    torch.testing.assert_close(out[:, grid], expected[:, 32 + tail:])
+    torch.testing.assert_close(out[:, 32 + h * w:], expected[:, 32:32 + tail])
+
+
+def test_scale_fusion_names_sd3s_position_table_limit(host, rec):
+    with pytest.raises(WorkflowError, match=r"SD3 / SD3.5: the model's learned position table covers 2048 px a side, "
+                                            r"and 4096 x 1024 px is larger"):
+        fused(host, rec, "sd3", size=(4096, 1024))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -201,8 +236,7 @@ def upscale_graph(kind, node, base_px=128, seed=4):
     return g.finalize()
 
 
-@pytest.mark.parametrize("kind,node", [(k, "pixelsmith") for k in KINDS]
-                         + [(k, "freescale") for k in ("flux2", "qwen_image")])
+@pytest.mark.parametrize("kind,node", [(k, node) for node in ("pixelsmith", "freescale") for k in KINDS])
 def test_upscale_nodes_run_on_each_dit_with_its_vae_geometry(host, rec, kind, node):
     """One ×2 stage from a stock text-to-image latent, through the model family's VAE geometry:
     Flux.2's packed 128-channel latent at 16 px, Qwen-Image's single-frame Wan latent (B, C, 1, H, W)."""
@@ -214,3 +248,14 @@ def test_upscale_nodes_run_on_each_dit_with_its_vae_geometry(host, rec, kind, no
     assert out.shape == (1, CHANNELS[kind], *frame, cells, cells) and torch.isfinite(out).all()
     images = [img for o in result.outputs.values() for img in o.get("images", [])]
     assert len(images) == 1, "one 256² picture, not one per latent frame or channel group"
+
+
+def test_freescale_upscale_names_sd3s_position_table_limit_before_any_stage(host, rec):
+    graph = upscale_graph("sd3", "freescale")
+    node = next(n for n in graph.values() if n["class_type"] == "UltraRes_FreeScaleUpscale")
+    node["inputs"]["resolutions"] = "1024, 4096"
+    host.reset_cache()
+    with pytest.raises(WorkflowError, match=r"FreeScale Upscale on SD3 / SD3.5: .* covers 2048 px a side, and "
+                                            r"4096 x 4096 px is larger"):
+        host.run(graph)
+    assert "up" not in rec.LATENTS
