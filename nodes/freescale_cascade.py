@@ -305,7 +305,7 @@ class FreeScaleUpscale(io.ComfyNode):
         stage.check_keep_detail(model, bool(keep_detail))
         diffusion_model = model.get_model_object("diffusion_model")
         freescale_fusion_dit.check_position_table(freescale_fusion_dit.position_table_px(diffusion_model, ratio),
-                                                  max(sizes, key=max), "FreeScale Upscale")
+                                                  max(sizes, key=max), "resolutions: FreeScale Upscale")
         stage_model = apply_scale_fusion(model, fast_mode=fast_mode, jitter_seed=seed & 0xFFFFFFFF, base_px=base_px,
                                          latent_px=ratio)
         unet = bool(restrained_dilation_layers(diffusion_model))

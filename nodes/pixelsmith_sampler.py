@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from ..kernels import pixelsmith
 from ._checks import check_numbers
 from ._schema import advanced
+from ._stage import model_latent_px
 from .pixelsmith_conditioning import PatchConditioning
 from .pixelsmith_positions import POSITIONS, token_side, with_patch_position
 
@@ -58,14 +59,15 @@ AUTO_CPU_STATE_BYTES = 256 << 20
 PROGRESS_UNITS = 1000  # ProgressBar resolution over the whole job (all patches × steps)
 PREVIEW_MAX_SIDE = 128  # latent px of the live preview handed to the callback
 FINAL_X0_MAX_PIXELS = 512 * 512  # latent px: larger results are not handed whole to the callback
+MIN_PATCH_CELLS = 8  # latent cells a patch side must have
 MAX_AUTO_PATCH_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class PixelsmithConfig:
     slider: int               # S, guided steps; -1 = auto (the paper's share of the steps)
-    patch_size: int           # P, latent px
-    band: int                 # averaging band half-width, latent px
+    patch_size: int           # P, image px (converted to latent cells per model: :meth:`cells`)
+    band: int                 # averaging band half-width, image px
     mode: str                 # faithful | fast
     patch_batch: int          # patches per model call in fast mode; 0 = auto
     crop_mode: str            # fixed | official | zero (SDXL only)
@@ -75,13 +77,23 @@ class PixelsmithConfig:
     def __post_init__(self) -> None:
         validate_config(self)
 
+    def cells(self, latent_px: int) -> tuple[int, int]:
+        """``(patch, band)`` in latent cells of a model with ``latent_px`` image px per cell (8 for SD/SDXL,
+        SD3, Flux.1, Qwen-Image, Z-Image; 16 for Flux.2's packed cells). The band is rounded down."""
+        if self.patch_size % latent_px or self.patch_size // latent_px < MIN_PATCH_CELLS:
+            raise ValueError(
+                f"patch_size: {self.patch_size} px must be a whole number of this model's {latent_px} px latent "
+                f"cells and at least {MIN_PATCH_CELLS} of them ({MIN_PATCH_CELLS * latent_px} px); use its native "
+                f"size, e.g. {round(self.patch_size / latent_px) * latent_px or MIN_PATCH_CELLS * latent_px} px.")
+        return self.patch_size // latent_px, self.band // latent_px
+
 
 def validate_config(config: PixelsmithConfig) -> None:
     """Clear errors that name the offending input (run once, when a config is made)."""
     if config.slider < pixelsmith.AUTO_SLIDER:
         raise ValueError(f"slider must be >= 0 (guided steps) or -1 (auto), got {config.slider}")
-    if config.patch_size < 8:
-        raise ValueError(f"patch_size must be >= 8 latent px, got {config.patch_size}")
+    if config.patch_size < MIN_PATCH_CELLS * 8:
+        raise ValueError(f"patch_size must be >= {MIN_PATCH_CELLS * 8} px, got {config.patch_size}")
     check_band(config.band, config.patch_size)
     if config.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
@@ -95,11 +107,12 @@ def validate_config(config: PixelsmithConfig) -> None:
         raise ValueError(f"positions must be one of {POSITIONS}, got {config.positions!r}")
 
 
-def check_band(band: int, patch_side: int, clamped: str = "") -> None:
-    """The averaging band must stay below half the patch side, so opposite borders never meet."""
+def check_band(band: int, patch_side: int, clamped: str = "", unit: int = 1) -> None:
+    """The averaging band must stay below half the patch side, so opposite borders never meet; both are in
+    units of ``unit`` image px (1: px as the user set them; the latent cell when the patch is clamped)."""
     if band < 0 or 2 * band >= patch_side:
-        raise ValueError(f"band: {band} must be at least 0 and below half the patch side ({patch_side} latent px"
-                         f"{clamped}), i.e. at most {max(0, (patch_side - 1) // 2)}.")
+        raise ValueError(f"band: {band * unit} px must be at least 0 and below half the patch side "
+                         f"({patch_side * unit} px{clamped}), i.e. at most {max(0, (patch_side - 1) // 2) * unit} px.")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -245,14 +258,16 @@ class PixelsmithSampler(comfy.samplers.Sampler):
         B, C, H, W = latent_image.shape
         sigmas_cpu = sigmas.detach().cpu()
         alphas = signal_scales(inner_model.model_sampling, sigmas_cpu)
-        patch_hw = (min(config.patch_size, H), min(config.patch_size, W))
-        if min(patch_hw) < config.patch_size:
-            check_band(config.band, min(patch_hw), f": patch_size {config.patch_size} is clamped to the "
-                                                     f"{W}x{H} latent")
+        px = model_latent_px(inner_model)
+        patch, band = config.cells(px)
+        patch_hw = (min(patch, H), min(patch, W))
+        if min(patch_hw) < patch:
+            check_band(band, min(patch_hw), f": patch_size {config.patch_size} is clamped to the {W * px}x{H * px} "
+                                            "picture", unit=px)
         on_cpu, z_up, n = staged_state(config.state_device, latent_image, noise)
         slider = config.slider
         if slider == pixelsmith.AUTO_SLIDER:
-            slider = pixelsmith.auto_slider(len(alphas) - 1, (H, W), config.patch_size)
+            slider = pixelsmith.auto_slider(len(alphas) - 1, (H, W), patch)
         patch_batch = 1
         if config.mode == "fast":
             patch_batch = config.patch_batch or auto_patch_batch(inner_model, device, latent_image.shape, patch_hw)
@@ -286,8 +301,8 @@ class PixelsmithSampler(comfy.samplers.Sampler):
             out = pixelsmith.sample_pixelsmith(
                 denoise, pixelsmith.start_latent(z_up, n, float(sigmas_cpu[0]), alphas[0]), sigmas_cpu,
                 {k: v for k, v in extra_args.items() if k in ("model_options", "seed")}, progress,
-                z_up=z_up, noise=n, slider=slider, generator=generator, patch_size=config.patch_size,
-                band=config.band, mode=config.mode, patch_batch=patch_batch, device=device, signal_scales=alphas)
+                z_up=z_up, noise=n, slider=slider, generator=generator, patch_size=patch,
+                band=band, mode=config.mode, patch_batch=patch_batch, device=device, signal_scales=alphas)
         finally:
             progress.close()
         out = inner_model.model_sampling.inverse_noise_scaling(sigmas[-1].to(out.device), out)
@@ -312,15 +327,16 @@ def sampler_inputs() -> list:
                              "steps: 40 % while the image is at most 2× the patch side (20 of 50 for SDXL 2048²), "
                              "60 % beyond (30 of 50 for 4096²). 0 = no guidance. Small or distilled models may "
                              "need more (80-90 % of the steps) when objects repeat."),
-        io.Int.Input("patch_size", default=128, min=8, max=1024, step=8,
-                     tooltip="Set it to your model's native size in latent px: 128 for SDXL (1024 px), 64 for "
-                             "SD1.5 (512 px). Patch side P in latent px (official 128 = 1024 px on SDXL); smaller "
-                             "latents are clamped to their own size."),
-        io.Int.Input("band", default=10, min=0, max=128,
-                     tooltip="Wider = patch borders blend more smoothly; try 10, 0 turns the blending off. "
-                             "Half-width of the 50/50 averaging band at patch borders, in latent px (official "
-                             "10); must be below half the patch side (the patch is clamped to the latent on "
-                             "small images).",
+        io.Int.Input("patch_size", default=1024, min=MIN_PATCH_CELLS * 8, max=8192, step=8,
+                     tooltip="Set it to your model's native size in image px: 1024 for SDXL, Flux.1, Flux.2, SD3 "
+                             "and Z-Image, 1328 for Qwen-Image, 512 for SD1.5. Patch side P in image px (official "
+                             "1024 on SDXL = 128 latent cells); it must be a whole number of the model's latent "
+                             "cells (8 px, 16 on Flux.2). Smaller pictures are clamped to their own size."),
+        io.Int.Input("band", default=80, min=0, max=4096, step=8,
+                     tooltip="Wider = patch borders blend more smoothly; try 80, 0 turns the blending off. "
+                             "Half-width of the 50/50 averaging band at patch borders, in image px (official 10 "
+                             "latent cells = 80 px on SDXL; rounded down to whole cells); must be below half the "
+                             "patch side (the patch is clamped to the picture on small images).",
                      **advanced()),
         io.Combo.Input("mode", options=list(MODES), default="faithful",
                        tooltip="faithful gives the paper's result, fast is quicker on big images; try faithful. "

@@ -72,8 +72,8 @@ class PixelsmithUpscale(io.ComfyNode):
                 "LATENT: base 1024² → "
                 "×2 (slider 20) → ×2 (slider 30), or on to gigapixel ending in Save Large Image. Models: "
                 "SDXL as in the paper; any spatial-latent model with a matching VAE works (SD1.5, SD3, Flux.1, "
-                "Flux.2, Qwen-Image, Z-Image; on DiTs set patch_size to the native size, 1024 px = 128 cells, "
-                "64 on Flux.2). Cost per "
+                "Flux.2, Qwen-Image, Z-Image; set patch_size to the model's native size: 1024 px, 1328 on "
+                "Qwen-Image). Cost per "
                 "stage: steps × about 2× (image area / patch area) patch calls with CFG; device memory "
                 "does not grow with the image, the IMAGE output falls back to a preview above 64 Mpx."),
             inputs=[
@@ -140,6 +140,7 @@ class PixelsmithUpscale(io.ComfyNode):
         config = build_config(slider, patch_size, band, mode, patch_batch, crop_conditioning, state_device,
                               positions)
         check_vae_matches_model(model, vae)
+        config.cells(stage.model_latent_px(model))  # a patch_size off the model's cells fails before any work
         stage.check_keep_detail(model, bool(keep_detail))
         sigmas = stage.leading_sigmas(model, steps)
         multiple = stage.latent_px(vae)

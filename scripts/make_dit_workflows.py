@@ -73,7 +73,7 @@ def pixelsmith_stages(first_id: int, model: tuple, vae: tuple, positive: tuple, 
         side = round(side * scale)
         nodes.append((first_id + i, "UltraRes_PixelsmithUpscale", f"Pixelsmith ×{scale:g} → {side}²",
                       {"scale_by": scale, "target_width": 0, "target_height": 0, "seed": SEED, "steps": steps,
-                       "cfg": cfg, "slider": -1, "patch_size": patch_size, "band": 10, "mode": "fast",
+                       "cfg": cfg, "slider": -1, "patch_size": patch_size, "band": 80, "mode": "fast",
                        "patch_batch": 0, "crop_conditioning": "fixed", "state_device": "auto",
                        "decode_image": i == len(scales) - 1, "keep_detail": False, "positions": "local"},
                       {"model": model, "vae": vae, "positive": positive, "negative": negative,
@@ -117,10 +117,9 @@ def empty_latent(node_id: int, type_: str, side: int) -> tuple:
 
 
 def split_files_graph(family: str, unet: str, clip: str, clip_type: str, vae: str, *, encoder: str, vae_label: str,
-                      shift: float = 0.0,
-                      guidance: float = 0.0, empty: str = "EmptySD3LatentImage", side: int = 1024, steps: int,
-                      cfg: float, sampler: str = "euler", scales: tuple = (2.0, 2.0), patch_size: int,
-                      negative: str = "", prefix: str) -> list:
+                      shift: float = 0.0, guidance: float = 0.0, empty: str = "EmptySD3LatentImage", side: int = 1024,
+                      steps: int, cfg: float, sampler: str = "euler", scales: tuple = (2.0, 2.0),
+                      patch_size: int = 1024, negative: str = "", prefix: str) -> list:
     """A family loaded from split files (diffusion model, text encoder, VAE: nodes 1–3), prompt and
     negative (4, 5), node 6 = its flow shift (ModelSamplingAuraFlow) or its distilled guidance
     (FluxGuidance), the base latent and sampler (7, 8), the Pixelsmith stages and Save Image."""
@@ -167,7 +166,7 @@ WORKFLOWS = {
             empty_latent(7, "EmptySD3LatentImage", 1024),
             base_sampler(8, "Stage 0: Flux dev 1024² (28 steps, cfg 1)", (1, 0), (5, 0), (6, 0), (7, 0), 28, 1.0,
                          "euler", "simple"),
-            *pixelsmith_stages(9, (1, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 28, 1.0, 128, 1024),
+            *pixelsmith_stages(9, (1, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 28, 1.0, 1024, 1024),
             save(11, 10, "pixelsmith_flux_4096", 4096),
         ]),
     "Pixelsmith upscale - Flux.2 dev 1024 to 4K (4096 px), two x2 stages": (
@@ -177,26 +176,26 @@ WORKFLOWS = {
             ("`mistral_3_small_flux2_bf16.safetensors`", "text_encoders", "same repository (an fp8 copy also works)"),
             ("`flux2-vae.safetensors`", "vae", "same repository")])
         + "Flux.2 is guidance-distilled (cfg 1, FluxGuidance 4). Its latent has 128 channels at 16 px per cell, "
-          "so patch_size 64 cells is its native 1024 px; the VAE round trip between stages never resamples the "
+          "so patch_size 1024 px (its native size) is 64 cells; the VAE round trip between stages never resamples the "
           "packed latent. Pixelsmith runs each patch at local positions. UltraRes itself never downloads anything.",
         split_files_graph("Flux.2 dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_bf16.safetensors",
                           "flux2", "flux2-vae.safetensors", encoder="Mistral 3", vae_label="the Flux.2 VAE",
                           guidance=4.0, empty="EmptyFlux2LatentImage", steps=28,
-                          cfg=1.0, patch_size=64, prefix="pixelsmith_flux2_4096")),
+                          cfg=1.0, prefix="pixelsmith_flux2_4096")),
     "Pixelsmith upscale - Qwen-Image 1328 to 4K (3984 px), x2 then x1.5": (
         files_table([
             ("`qwen_image_fp8_e4m3fn.safetensors`", "diffusion_models", "[Comfy-Org/Qwen-Image_ComfyUI]"
              "(https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI)"),
             ("`qwen_2.5_vl_7b_fp8_scaled.safetensors`", "text_encoders", "same repository"),
             ("`qwen_image_vae.safetensors`", "vae", "same repository")])
-        + "Qwen-Image is native at 1328²; patch_size 168 cells (1344 px) is its native size. Its latent is one "
+        + "Qwen-Image is native at 1328²; patch_size 1328 px (166 latent cells) is its native size. Its latent is one "
           "frame of a video latent, (B, 16, 1, H, W): the stages keep it so. Qwen-Image cannot shift its rotary "
           "positions, so each patch runs at local positions. cfg 2.5 and 20 steps as ComfyUI's fp8 template; "
           "ModelSamplingAuraFlow 3.1 sets its flow shift. UltraRes itself never downloads anything.",
         split_files_graph("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
                           "qwen_image", "qwen_image_vae.safetensors", encoder="Qwen2.5-VL 7B",
                           vae_label="the Qwen-Image VAE", shift=3.1, side=1328, steps=20, cfg=2.5,
-                          scales=(2.0, 1.5), patch_size=168, negative="blurry, low quality, deformed",
+                          scales=(2.0, 1.5), patch_size=1328, negative="blurry, low quality, deformed",
                           prefix="pixelsmith_qwen_image_3984")),
     "Pixelsmith upscale - Z-Image-Turbo 1024 to 4K (4096 px), 8 steps per stage": (
         files_table([
@@ -209,7 +208,7 @@ WORKFLOWS = {
           "in few steps. Each patch runs at local positions. UltraRes itself never downloads anything.",
         split_files_graph("Z-Image-Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
                           "ae.safetensors", encoder="Qwen3 4B", vae_label="the Flux.1 VAE", shift=3.0, steps=8,
-                          cfg=1.0, sampler="res_multistep", patch_size=128,
+                          cfg=1.0, sampler="res_multistep",
                           prefix="pixelsmith_z_image_turbo_4096")),
     "Pixelsmith upscale - SD3.5 Large 1024 to 4K (4096 px), two x2 stages": (
         files_table([
@@ -225,7 +224,7 @@ WORKFLOWS = {
             empty_latent(4, "EmptySD3LatentImage", 1024),
             base_sampler(5, "Stage 0: SD3.5 Large 1024² (28 steps, cfg 4.5)", (1, 0), (2, 0), (3, 0), (4, 0), 28,
                          4.5, "dpmpp_2m", "sgm_uniform"),
-            *pixelsmith_stages(6, (1, 0), (1, 2), (2, 0), (3, 0), (5, 0), [2.0, 2.0], 28, 4.5, 128, 1024),
+            *pixelsmith_stages(6, (1, 0), (1, 2), (2, 0), (3, 0), (5, 0), [2.0, 2.0], 28, 4.5, 1024, 1024),
             save(8, 7, "pixelsmith_sd35_4096", 4096),
         ]),
 }

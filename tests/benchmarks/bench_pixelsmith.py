@@ -23,7 +23,7 @@ from bench_common import Meter, boot, sdxl_model  # noqa: E402  (script folder o
 
 
 def run_one(sampler_mod, mp, pos, neg, size: int, mode: str, steps: int, slider: int, cuda: bool,
-            patch_batch: int = 0, patch_size: int = 128, band: int = 10):
+            patch_batch: int = 0, patch_size: int = 1024, band: int = 80):  # image px
     import comfy.patcher_extension as pe
     import comfy.sample
     import comfy.samplers

@@ -46,8 +46,8 @@ def latent(g, channels=4, size=64):
     return g.node("UltraResTest_SeededLatent", width=size, height=size, batch=1, seed=3, channels=channels).out(0)
 
 
-PIXELSMITH = dict(scale_by=2.0, target_width=0, target_height=0, seed=1, steps=2, cfg=5.0, slider=1, patch_size=8,
-                  band=2, mode="faithful", patch_batch=0, crop_conditioning="fixed", state_device="auto",
+PIXELSMITH = dict(scale_by=2.0, target_width=0, target_height=0, seed=1, steps=2, cfg=5.0, slider=1, patch_size=64,
+                  band=16, mode="faithful", patch_batch=0, crop_conditioning="fixed", state_device="auto",
                   decode_image=False)
 
 
@@ -203,12 +203,15 @@ CASES = [
     Case("pixelsmith-target-ram", lambda: pixelsmith(target_width=131072, target_height=131072),
          r"scale_by / target size: the stage 64x64 -> 131072x131072 px needs about .* of RAM"),
     Case("pixelsmith-steps-1000", lambda: pixelsmith(steps=1000), r"steps: 1000 is outside 1\.\.999"),
-    Case("pixelsmith-band-half-patch", lambda: pixelsmith(band=64, patch_size=128),
-         r"band: 64 must be at least 0 and below half the patch side \(128 latent px\)"),
-    Case("pixelsmith-band-clamped-patch", lambda: pixelsmith(band=8, patch_size=128),
-         r"band: 8 must be .* \(16 latent px: patch_size 128 is clamped to the 16x16 latent\)"),
-    Case("sampler-band-half-patch", lambda: node_output("UltraRes_PixelsmithSampler", **{**SAMPLER, "band": 4}),
-         r"band: 4 must be at least 0 and below half the patch side \(8 latent px\)"),
+    Case("pixelsmith-band-half-patch", lambda: pixelsmith(band=512, patch_size=1024),
+         r"band: 512 px must be at least 0 and below half the patch side \(1024 px\)"),
+    Case("pixelsmith-band-clamped-patch", lambda: pixelsmith(band=64, patch_size=1024),
+         r"band: 64 px must be .* \(128 px: patch_size 1024 is clamped to the 128x128 picture\), i\.e\. at most "
+         r"56 px"),
+    Case("pixelsmith-patch-off-the-cells", lambda: pixelsmith(patch_size=1020),
+         r"patch_size: 1020 px must be a whole number of this model's 8 px latent cells .* e\.g\. 1024 px"),
+    Case("sampler-band-half-patch", lambda: node_output("UltraRes_PixelsmithSampler", **{**SAMPLER, "band": 32}),
+         r"band: 32 px must be at least 0 and below half the patch side \(64 px\)"),
     Case("sampler-flux-4ch-latent", lambda: node_output("UltraRes_PixelsmithSampler", family="flux", **SAMPLER),
          r"latent_image: the latent has 4 channels, the model works on 16"),
     Case("pixelsmith-steps-string", lambda: pixelsmith(steps="twenty"), r"steps"),
@@ -225,8 +228,8 @@ CASES = [
          r"latent: the latent has 16 channels but this VAE decodes 4-channel latents"),
     Case("freescale-16ch-vae", lambda: freescale(vae="16"),
          r"vae: this VAE makes 16-channel latents but the model works on 4-channel latents"),
-    Case("freescale-sd3-model", lambda: freescale(vae="16", family="sd3"),
-         r"model: FreeScale Scale Fusion needs a UNet .* or a DiT .*; this SD3 model .* is neither"),
+    Case("freescale-sd3-past-its-position-table", lambda: freescale(vae="16", family="sd3", resolutions="4096"),
+         r"resolutions: FreeScale Upscale on SD3 / SD3.5: the model's learned position table covers 2048 px"),
     Case("stage-c-image-sdxl-vae", lambda: stage_c(image_vae="sdxl"),
          r"vae: this VAE makes 4-channel latents but the model works on 16-channel latents"),
     Case("stage-c-image-stage-a-vae", lambda: stage_c(image_vae="stage_a"), r"vae: this VAE makes 4-channel"),
@@ -414,7 +417,7 @@ def test_all_in_one_nodes_run_exactly_n_steps(host, node, monkeypatch):
     probe = g.node("UltraResTest_ModelProbe", model=model, tag="steps").out(0)
     if node == "pixelsmith":
         out = g.node("UltraRes_PixelsmithUpscale", model=probe, vae=vae, positive=pos, negative=neg,
-                     latent=latent(g), **{**PIXELSMITH, "steps": 6, "patch_size": 16, "band": 2})
+                     latent=latent(g), **{**PIXELSMITH, "steps": 6, "patch_size": 128, "band": 16})
     else:
         out = g.node("UltraRes_FreeScaleUpscale", model=probe, vae=vae, positive=pos, negative=neg,
                      latent=latent(g), **{**FREESCALE, "steps": 6})

@@ -39,7 +39,8 @@ def dit_graph(kind, seed=1, steps=3, slider=2, tag="out"):
     guider = g.node("CFGGuider", model=model, positive=dit.out(1), negative=dit.out(2), cfg=3.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=steps, denoise=1.0)
     noise = g.node("RandomNoise", noise_seed=seed)
-    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=16, band=2, mode="faithful",
+    px = 16 if kind == "flux2" else 8  # image px per latent cell
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=16 * px, band=2 * px, mode="faithful",
                      patch_batch=0, crop_conditioning="fixed", state_device="auto")
     latent = g.node("UltraResTest_SeededLatent", width=W * 8, height=H * 8, batch=1, seed=5,
                     channels=CHANNELS[kind])
@@ -224,8 +225,8 @@ def upscale_graph(kind, node, base_px=128, seed=4):
               "seed": seed, "steps": 3, "cfg": 2.0}
     if node == "pixelsmith":
         up = g.node("UltraRes_PixelsmithUpscale", **common, scale_by=2.0, target_width=0, target_height=0, slider=-1,
-                    patch_size=8, band=2, mode="fast", patch_batch=0, crop_conditioning="fixed", state_device="auto",
-                    decode_image=True)
+                    patch_size=128, band=32, mode="fast", patch_batch=0, crop_conditioning="fixed",
+                    state_device="auto", decode_image=True)  # image px: the same on every model
         image = up.out(1)
     else:
         up = g.node("UltraRes_FreeScaleUpscale", **common, resolutions=str(2 * base_px), cosine_scale=2.0,

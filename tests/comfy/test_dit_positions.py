@@ -30,7 +30,7 @@ def flux_graph(positions="local", mode="faithful", seed=1, reference=False, tag=
     guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=3.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=3, denoise=1.0)
     noise = g.node("RandomNoise", noise_seed=seed)
-    sampler = g.node("UltraRes_PixelsmithSampler", slider=2, patch_size=16, band=2, mode=mode, patch_batch=0,
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=2, patch_size=128, band=16, mode=mode, patch_batch=0,
                      crop_conditioning="fixed", state_device="auto", positions=positions)
     sca = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),
                  sigmas=sigmas.out(0), latent_image=latent.out(0))
@@ -79,7 +79,7 @@ def test_global_positions_are_refused_on_a_unet(host):
     pos = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a castle").out(0)
     guider = g.node("CFGGuider", model=ckpt.out(0), positive=pos, negative=pos, cfg=3.0)
     sigmas = g.node("BasicScheduler", model=ckpt.out(0), scheduler="simple", steps=2, denoise=1.0)
-    sampler = g.node("UltraRes_PixelsmithSampler", slider=1, patch_size=16, band=2, mode="faithful",
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=1, patch_size=128, band=16, mode="faithful",
                      patch_batch=0, crop_conditioning="fixed", state_device="auto", positions="global")
     latent = g.node("UltraResTest_SeededLatent", width=256, height=128, batch=1, seed=0)
     sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=1).out(0), guider=guider.out(0),

@@ -20,7 +20,7 @@ def seeded_latent(width, height, batch=1, seed=0):
 
 
 def sampler_graph(kind="sdxl", width=256, height=128, batch=1, steps=3, slider=2, mode="faithful",
-                  patch_size=16, patch_batch=0, seed=1, latent_seed=0, interrupt_after=0,
+                  patch_size=128, patch_batch=0, seed=1, latent_seed=0, interrupt_after=0,
                   crop="fixed", area=False, control=False):
     """Tiny checkpoint → CFGGuider + BasicScheduler(ddim_uniform) + RandomNoise + Pixelsmith SAMPLER
     → SamplerCustomAdvanced on a seeded latent → RecordLatent("out") and VAE decode → SaveImage."""
@@ -43,7 +43,7 @@ def sampler_graph(kind="sdxl", width=256, height=128, batch=1, steps=3, slider=2
     guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=5.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="ddim_uniform", steps=steps, denoise=1.0)
     noise = g.node("RandomNoise", noise_seed=seed)
-    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=patch_size, band=2, mode=mode,
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=patch_size, band=16, mode=mode,
                      patch_batch=patch_batch, crop_conditioning=crop, state_device="auto")
     latent = g.node("UltraResTest_SeededLatent", width=width, height=height, batch=batch, seed=latent_seed)
     sca = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),
@@ -75,7 +75,7 @@ def test_sampler_graph_runs_patchwise(host, rec, kind):
 
 def test_single_patch_runs_one_call_per_step(host, rec):
     """A latent no larger than the patch is a plain full-latent sampler: exactly N calls."""
-    graph, _ = sampler_graph(width=128, height=128, patch_size=16, steps=4)
+    graph, _ = sampler_graph(width=128, height=128, patch_size=128, steps=4)
     host.run(graph)
     assert len(rec.CALLS) == 4 and {s for s, *_ in rec.CALLS} == {(2, 4, 16, 16)}
 
@@ -104,14 +104,14 @@ def test_interrupt_stops_within_one_patch_and_leaves_input(host, rec):
 
 
 def test_fast_mode_batches_patches_and_guidance_pulls_to_input(host, rec):
-    graph, _ = sampler_graph(width=256, height=256, patch_size=8, mode="fast", patch_batch=4,
+    graph, _ = sampler_graph(width=256, height=256, patch_size=64, mode="fast", patch_batch=4,
                              steps=2, slider=2)
     host.run(graph)
     batch_sizes = [s[0] for s, *_ in rec.CALLS]
     assert max(batch_sizes) == 8, "fast mode: 4 patches × (cond, uncond) per call"
     guided = rec.LATENTS["out"]
     z_up = seeded_latent(256, 256)
-    graph, _ = sampler_graph(width=256, height=256, patch_size=8, mode="fast", patch_batch=4,
+    graph, _ = sampler_graph(width=256, height=256, patch_size=64, mode="fast", patch_batch=4,
                              steps=2, slider=0)
     host.run(graph)
     free = rec.LATENTS["out"]
@@ -175,7 +175,7 @@ def upscale_graph(kind="sdxl", via="latent", scale=2.0, target_width=0, slider=2
         src = {"image": g.node("VAEDecode", samples=base.out(0), vae=ckpt.out(2)).out(0)}
     up = g.node("UltraRes_PixelsmithUpscale", model=ckpt.out(0), vae=ckpt.out(2), positive=pos.out(0),
                 negative=neg.out(0), **src, scale_by=scale, target_width=target_width, target_height=0,
-                seed=5, steps=steps, cfg=7.5, slider=slider, patch_size=8, band=2, mode=mode,
+                seed=5, steps=steps, cfg=7.5, slider=slider, patch_size=64, band=16, mode=mode,
                 patch_batch=0, crop_conditioning="fixed", state_device="auto", decode_image=True, **extra)
     g.node("UltraResTest_RecordLatent", samples=up.out(0), tag="up")
     save = g.node("SaveImage", images=up.out(1), filename_prefix="pixelsmith_up")
@@ -223,7 +223,7 @@ def flux_graph(slider, seed=1, steps=3):
     guider = g.node("CFGGuider", model=model, positive=flux.out(1), negative=flux.out(2), cfg=3.0)
     sigmas = g.node("BasicScheduler", model=model, scheduler="simple", steps=steps, denoise=1.0)
     noise = g.node("RandomNoise", noise_seed=seed)
-    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=16, band=2, mode="faithful",
+    sampler = g.node("UltraRes_PixelsmithSampler", slider=slider, patch_size=128, band=16, mode="faithful",
                      patch_batch=0, crop_conditioning="fixed", state_device="auto")
     latent = g.node("UltraResTest_SeededLatent", width=256, height=128, batch=1, seed=5, channels=16)
     sca = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),

@@ -109,7 +109,7 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
         for i in range(stages):
             nodes[f"{m}stage{i}"] = {"class_type": "UltraRes_PixelsmithUpscale", "inputs": dict(
                 common, vae=["model", 1], latent=source, scale_by=2.0, target_width=0, target_height=0,
-                slider=round(steps * sliders[min(i, 1)]), patch_size=native // 8, band=2,
+                slider=round(steps * sliders[min(i, 1)]), patch_size=native, band=16,
                 mode=method.split("-")[1], patch_batch=0, crop_conditioning="fixed", state_device="auto",
                 decode_image=i == stages - 1, keep_detail=keep_detail, positions=positions)}
             source = [f"{m}stage{i}", 0]
