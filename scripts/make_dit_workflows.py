@@ -140,34 +140,63 @@ def split_files_graph(family: str, unet: str, clip: str, clip_type: str, vae: st
     ]
 
 
+FLUX1_FILES = files_table([
+    ("`flux1-dev.safetensors`", "diffusion_models", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/"
+     "black-forest-labs/FLUX.1-dev) (gated: accept its licence)"),
+    ("`clip_l.safetensors`, `t5xxl_fp16.safetensors`", "text_encoders",
+     "[comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders)"),
+    ("`ae.safetensors`", "vae", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/"
+     "FLUX.1-dev)")])
+
+
+def flux1_base() -> list:
+    """Flux.1 dev from its split files (nodes 1-3), prompt + FluxGuidance 3.5 (4, 5), the unused negative (6),
+    and the 1024² base (7, 8)."""
+    return [
+        unet_loader(1, "flux1-dev.safetensors", "Load Flux.1 dev (models/diffusion_models)"),
+        (2, "DualCLIPLoader", "Load CLIP-L + T5-XXL (models/text_encoders)",
+         {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+          "device": "default"}, {}),
+        vae_loader(3, "ae.safetensors", "Load the Flux VAE (models/vae)"),
+        (4, "CLIPTextEncode", "Prompt", {"text": PROMPT}, {"clip": (2, 0)}),
+        (5, "FluxGuidance", "Guidance 3.5", {"guidance": 3.5}, {"conditioning": (4, 0)}),
+        (6, "CLIPTextEncode", "Negative (unused at cfg 1)", {"text": ""}, {"clip": (2, 0)}),
+        empty_latent(7, "EmptySD3LatentImage", 1024),
+        base_sampler(8, "Stage 0: Flux dev 1024² (28 steps, cfg 1)", (1, 0), (5, 0), (6, 0), (7, 0), 28, 1.0,
+                     "euler", "simple"),
+    ]
+
+
 # name -> (note, nodes): (id, type, title, widget values by input name, links {input: (source id, output slot)})
 WORKFLOWS = {
     "Pixelsmith upscale - Flux.1 dev 1024 to 4K (4096 px), two x2 stages": (
-        files_table([
-            ("`flux1-dev.safetensors`", "diffusion_models", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/"
-             "black-forest-labs/FLUX.1-dev) (gated: accept its licence)"),
-            ("`clip_l.safetensors`, `t5xxl_fp16.safetensors`", "text_encoders",
-             "[comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders)"),
-            ("`ae.safetensors`", "vae", "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/"
-             "FLUX.1-dev)")])
+        FLUX1_FILES
         + "Flux dev is guidance-distilled: cfg 1 everywhere, the guidance comes from FluxGuidance (3.5). Pixelsmith "
           "runs each 1024 px patch at local positions (its measured default); two ×2 stages at 28 steps take "
           "231 + 1023 patch calls in faithful mode, 252 + 700 patches batched several to a call in fast mode. "
           "UltraRes itself never downloads anything.",
         [
-            unet_loader(1, "flux1-dev.safetensors", "Load Flux.1 dev (models/diffusion_models)"),
-            (2, "DualCLIPLoader", "Load CLIP-L + T5-XXL (models/text_encoders)",
-             {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
-              "device": "default"}, {}),
-            vae_loader(3, "ae.safetensors", "Load the Flux VAE (models/vae)"),
-            (4, "CLIPTextEncode", "Prompt", {"text": PROMPT}, {"clip": (2, 0)}),
-            (5, "FluxGuidance", "Guidance 3.5", {"guidance": 3.5}, {"conditioning": (4, 0)}),
-            (6, "CLIPTextEncode", "Negative (unused at cfg 1)", {"text": ""}, {"clip": (2, 0)}),
-            empty_latent(7, "EmptySD3LatentImage", 1024),
-            base_sampler(8, "Stage 0: Flux dev 1024² (28 steps, cfg 1)", (1, 0), (5, 0), (6, 0), (7, 0), 28, 1.0,
-                         "euler", "simple"),
+            *flux1_base(),
             *pixelsmith_stages(9, (1, 0), (3, 0), (5, 0), (6, 0), (8, 0), [2.0, 2.0], 28, 1.0, 1024, 1024),
             save(11, 10, "pixelsmith_flux_4096", 4096),
+        ]),
+    "FreeScale upscale - Flux.1 dev 1024 to 4K (4096 px)": (
+        FLUX1_FILES
+        + "FreeScale on Flux dev: the self-cascade 1024 → 2048 → 4096 in Flux's flow space, each stage restarting "
+          "from 30 % of the 28 steps, with Scale Fusion on the joint attention (1024 px windows of image tokens, "
+          "each with the whole prompt). Restrained dilation and FreeU act on UNets only and are off. Every model "
+          "call is the full picture: 20 + 20 calls, each costlier than a patch. cfg 1 with FluxGuidance 3.5; "
+          "tiled decode at the end. UltraRes itself never downloads anything.",
+        [
+            *flux1_base(),
+            (9, "UltraRes_FreeScaleUpscale", "FreeScale 1024 → 2048 → 4096",
+             {"resolutions": "2048, 4096", "seed": SEED, "steps": 28, "cfg": 1.0, "cosine_scale": 2.0,
+              "cosine_scale_bg": 1.0, "fast_mode": False, "dilation": False, "freeu": False, "keep_detail": False},
+             {"model": (1, 0), "vae": (3, 0), "positive": (5, 0), "negative": (6, 0), "latent": (8, 0)}),
+            (10, "VAEDecodeTiled", "Tiled decode", {"tile_size": 1024, "overlap": 64, "temporal_size": 64,
+                                                     "temporal_overlap": 8}, {"samples": (9, 0), "vae": (3, 0)}),
+            (11, "SaveImage", "Save the 4096² image", {"filename_prefix": "ultrares/freescale_flux_4096"},
+             {"images": (10, 0)}),
         ]),
     "Pixelsmith upscale - Flux.2 dev 1024 to 4K (4096 px), two x2 stages": (
         files_table([
