@@ -7,9 +7,12 @@ pack's methods fix: run above its 128 px training size the model repeats its obj
 above 1024 px. ``demo/ultrares_cascade_demo.safetensors`` and ``demo/ultrapixel_demo.safetensors``
 (trained by ``demo/train_cascade.py``) do the same for UltraPixel: a tiny Stable Cascade stage C,
 a decoder in place of stages B/A, and UltraPixel modules trained for that stage C.
+``demo/ultrares_dit_demo.safetensors`` (trained by ``demo/train_bench.py``) is a Flux-class DiT: ComfyUI's
+own Flux transformer, tiny, trained at 64 px, so every method can be seen on a DiT too.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -19,7 +22,7 @@ import comfy.supported_models
 import torch
 from comfy_api.latest import io
 
-from ..demo import cascade_spec, spec
+from ..demo import bench_models, cascade_spec, spec
 from ..kernels.weights_file import DamagedWeightsError, read_state_dict
 from .ultrapixel_loader import ULTRAPIXEL_MODEL, UltraPixelModel, load_ultrapixel
 
@@ -27,6 +30,8 @@ DEMO = Path(__file__).resolve().parents[1] / "demo"
 WEIGHTS = DEMO / spec.WEIGHTS_FILE
 CASCADE_WEIGHTS = DEMO / cascade_spec.WEIGHTS_FILE
 ULTRAPIXEL_WEIGHTS = DEMO / cascade_spec.ULTRAPIXEL_FILE
+DIT = bench_models.MODELS[bench_models.DIT_DEMO]
+DIT_WEIGHTS = DEMO / "ultrares_dit_demo.safetensors"
 
 
 def _read_file(path: Path, trainer: str) -> dict[str, torch.Tensor]:
@@ -95,6 +100,29 @@ def load_demo_cascade() -> tuple[comfy.model_patcher.ModelPatcher, UltraPixelMod
                               folder=f"the UltraRes pack's demo folder ({ULTRAPIXEL_WEIGHTS.parent})")
     table = state["text.embeddings"].float()
     return patcher, modules, vae, _conditioning(table, 0), _conditioning(table, len(cascade_spec.CLASSES))
+
+
+def _flux_config(dit_config: dict) -> comfy.supported_models.Flux:
+    """ComfyUI's Flux model config of ``dit_config`` on this ComfyUI's ``FluxParams`` (newer releases add
+    ``txt_ids_dims``, which Flux.1 checkpoints detect as ``[]``)."""
+    import comfy.ldm.flux.model
+
+    dit_config = dict(dit_config)
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        dit_config["txt_ids_dims"] = []
+    return comfy.supported_models.Flux(dit_config)
+
+
+def load_demo_dit(object_class: str) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.VAE, list, list]:
+    """(Flux-class DiT, its VAE, positive, negative) of the DiT demo, for one of ``spec.CLASSES``."""
+    if object_class not in spec.CLASSES:
+        raise ValueError(f"object: expected one of {list(spec.CLASSES)}, got {object_class!r}.")
+    state = _read_file(DIT_WEIGHTS, f"demo.train_bench --model {DIT.name} --out {DIT_WEIGHTS.relative_to(DEMO.parent)}")
+    patcher = _patcher(_flux_config(DIT.unet_config), _strip(state, "unet."), "DiT", DIT_WEIGHTS)
+    vae = _vae(_strip(state, "vae."), DIT.vae_ddconfig, DIT.latent_channels, DIT_WEIGHTS)
+    table = state["text.embeddings"].float()
+    return (patcher, vae, _conditioning(table, DIT.classes.index(object_class)),
+            _conditioning(table, len(DIT.classes)))
 
 
 def _conditioning(table: torch.Tensor, row: int, **extra) -> list:
@@ -215,4 +243,41 @@ class DemoCascade(io.ComfyNode):
         return io.NodeOutput(*load_demo_cascade())
 
 
-NODES = (DemoModel, DemoPrompt, DemoCascade)
+class DemoDiT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraRes_DemoDiT",
+            display_name="UltraRes Demo DiT (Flux-class)",
+            category="UltraRes/Demo",
+            description=(
+                "Loads a tiny built-in Flux-class DiT with its VAE and prompt, so you can try Pixelsmith and "
+                "FreeScale on a transformer on a CPU with no download; start with Empty SD3 Latent Image at 64×64 "
+                "for the base image, cfg 4. It is ComfyUI's own Flux transformer (double- and single-stream "
+                "blocks, 2×2 patches, rotary positions, 16-channel latent in Flux's format, rectified flow, no "
+                "guidance embedding) at 1.8 M parameters, trained on 64×64 px pictures of one object on a 2 px "
+                "checker and on 64 px close-ups of larger ones. Sampled directly at 2× or 4× it repeats the "
+                "object. Models: this demo only. Cost: loads in well under a second; a 256² image takes seconds "
+                "on a CPU."),
+            inputs=[
+                io.Combo.Input("object", options=list(spec.CLASSES), default=spec.CLASSES[0],
+                               tooltip="Which object appears in the picture; try red disc."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL",
+                                tooltip="The demo DiT: connect it to a sampler or an UltraRes node; it draws best at "
+                                        "64 px (8×8 latent cells, 4×4 image tokens)."),
+                io.Vae.Output(display_name="VAE", tooltip="Its VAE: 8× down, 16 channels, Flux's latent format."),
+                io.Conditioning.Output(display_name="positive",
+                                       tooltip="Connect to positive: the chosen object's learned prompt."),
+                io.Conditioning.Output(display_name="negative",
+                                       tooltip="Connect to negative: the empty prompt, for classifier-free guidance."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, object: str) -> io.NodeOutput:  # noqa: A002  (the input's name in the UI)
+        return io.NodeOutput(*load_demo_dit(object))
+
+
+NODES = (DemoModel, DemoPrompt, DemoCascade, DemoDiT)

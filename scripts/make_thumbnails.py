@@ -33,6 +33,12 @@ PANELS = {
     "UltraPixel": [("9_direct_cascade_384", "direct x4: repeats"), ("6_ultrapixel_lr_96", "LR picture"),
                    ("8_ultrapixel_384", "UltraPixel x4")],
 }
+# Templates for a DiT family (named in the file name) show the same method on the built-in demo DiT.
+DIT_FAMILIES = ("Flux", "Qwen-Image", "Z-Image", "SD3")
+DIT_PANELS = {
+    "Pixelsmith": [("10_dit_base_64", "base"), ("12_dit_pixelsmith_256", "Pixelsmith x4")],
+    "FreeScale": [("10_dit_base_64", "base"), ("13_dit_freescale_256", "FreeScale x4")],
+}
 
 
 def render_demo(comfyui: str) -> dict:
@@ -62,7 +68,8 @@ def card(path: Path, images: dict):
     font = {size: ImageFont.load_default(size=size) for size in (17, 24, 44)}
     img = Image.new("RGB", CARD, "#202124")
     draw = ImageDraw.Draw(img)
-    panels = next((p for prefix, p in PANELS.items() if path.stem.startswith(prefix)), [])
+    dit = any(family in path.stem for family in DIT_FAMILIES)
+    panels = next((p for prefix, p in (DIT_PANELS if dit else PANELS).items() if path.stem.startswith(prefix)), [])
     y = 8
     if panels:
         side = min(PICTURE_H - 26, CARD[0] // len(panels) - 8)
@@ -73,7 +80,7 @@ def card(path: Path, images: dict):
             x += side + 8
         y += side + 34
         caption = ("runs on a CPU with the built-in demo model" if path.stem.startswith("Demo")
-                   else "pictured: the same method on the built-in CPU demo model")
+                   else f"pictured: the same method on the built-in CPU demo {'DiT' if dit else 'model'}")
     else:
         draw.text((16, y + 24), path.stem.split(" - ")[0], fill="#e8eaed", font=font[44])
         y += 100

@@ -118,4 +118,5 @@ def test_shipped_demo_workflow_renders_every_image(host):
     assert sizes == {"0_base_128": (128, 128), "1_direct_512": (512, 512), "2_pixelsmith_256": (256, 256),
                      "3_pixelsmith_512": (512, 512), "4_freescale_256": (256, 256), "5_freescale_512": (512, 512),
                      "6_ultrapixel_lr_96": (96, 96), "7_ultrapixel_192": (192, 192), "8_ultrapixel_384": (384, 384),
-                     "9_direct_cascade_384": (384, 384)}
+                     "9_direct_cascade_384": (384, 384), "10_dit_base_64": (64, 64), "11_dit_direct_256": (256, 256),
+                     "12_dit_pixelsmith_256": (256, 256), "13_dit_freescale_256": (256, 256)}

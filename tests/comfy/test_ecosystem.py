@@ -42,9 +42,9 @@ pytestmark = pytest.mark.skipif(os.environ.get(SKIP_ENV, "") not in ("", "0"),
                                 reason=f"{SKIP_ENV} is set: the ecosystem client tests are skipped on request")
 
 PACK_NODES = {
-    "UltraRes_DemoCascade", "UltraRes_DemoModel", "UltraRes_DemoPrompt", "UltraRes_FreeScaleRestrainedDilation",
-    "UltraRes_FreeScaleScaleFusion", "UltraRes_FreeScaleSelfCascadeSampler", "UltraRes_FreeScaleUpscale",
-    "UltraRes_PixelsmithSampler", "UltraRes_PixelsmithUpscale", "UltraRes_SaveLargeImage",
+    "UltraRes_DemoCascade", "UltraRes_DemoDiT", "UltraRes_DemoModel", "UltraRes_DemoPrompt",
+    "UltraRes_FreeScaleRestrainedDilation", "UltraRes_FreeScaleScaleFusion", "UltraRes_FreeScaleSelfCascadeSampler",
+    "UltraRes_FreeScaleUpscale", "UltraRes_PixelsmithSampler", "UltraRes_PixelsmithUpscale", "UltraRes_SaveLargeImage",
     "UltraRes_UltraPixelApply", "UltraRes_UltraPixelINRUpscale", "UltraRes_UltraPixelLRGuidance",
     "UltraRes_UltraPixelLoader", "UltraRes_UltraPixelScaleAwareNorm", "UltraRes_UltraPixelStageC",
 }

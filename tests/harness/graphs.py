@@ -44,6 +44,10 @@ DEMO_METHODS = ("direct", "lanczos", "pixelsmith-faithful", "pixelsmith-fast", "
 DIT_METHODS = ("pixelsmith-faithful+global", "pixelsmith-fast+global")
 
 
+# ``model_file`` value naming the shipped DiT demo (UltraRes Demo DiT) instead of a file.
+DEMO_DIT = "UltraRes_DemoDiT"
+
+
 def _prompt(model_file: str | None) -> tuple[list, list]:
     """(positive, negative) links of the demo graphs: Demo Prompt's, or the benchmark model node's."""
     return (["model", 2], ["model", 3]) if model_file else (["prompt", 0], ["prompt", 1])
@@ -52,12 +56,17 @@ def _prompt(model_file: str | None) -> tuple[list, list]:
 def demo_base_graph(samples: int, seed: int, steps: int, cfg: float, object_class: str,
                     model_file: str | None = None, native: int = DEMO_NATIVE) -> dict:
     """Demo model + prompt -> ``samples`` base images at ``native``² (latent ``base``, images saved by
-    ``base_save``). ``model_file``: a benchmark model of ``demo/train_bench.py`` in place of the demo model."""
+    ``base_save``). ``model_file``: a benchmark model of ``demo/train_bench.py`` in place of the demo model,
+    or :data:`DEMO_DIT` for the shipped DiT demo."""
     pos, neg = _prompt(model_file)
-    loader = ({"model": {"class_type": "UltraResTest_BenchModel", "inputs": {
-        "path": model_file, "object": object_class, "width": 0, "height": 0}}} if model_file else {
-        "model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
-        "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}}})
+    if model_file == DEMO_DIT:
+        loader = {"model": {"class_type": DEMO_DIT, "inputs": {"object": object_class}}}
+    elif model_file:
+        loader = {"model": {"class_type": "UltraResTest_BenchModel", "inputs": {
+            "path": model_file, "object": object_class, "width": 0, "height": 0}}}
+    else:
+        loader = {"model": {"class_type": "UltraRes_DemoModel", "inputs": {}},
+                  "prompt": {"class_type": "UltraRes_DemoPrompt", "inputs": {"object": object_class}}}
     return {
         **loader,
         "empty": {"class_type": "EmptyLatentImage",
