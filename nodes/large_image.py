@@ -74,6 +74,14 @@ def output_path(prefix: str, width: int, height: int) -> tuple[str, str, int, st
     return folder, filename, counter, subfolder
 
 
+def latent_cells(name: str, px: int, ratio: int) -> int:
+    """``px`` image px as latent cells of a VAE with ``ratio`` px per cell; a size off the cells is refused."""
+    if px % ratio:
+        raise ValueError(f"{name}: {px} px is not a whole number of this VAE's {ratio} px latent cells; use "
+                         f"{max(round(px / ratio), 1) * ratio} px.")
+    return px // ratio
+
+
 class SaveLargeImage(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -83,7 +91,7 @@ class SaveLargeImage(io.ComfyNode):
             category="UltraRes/Pixelsmith",
             description=(
                 "Saves a huge image (tens of thousands of px per side) straight to a PNG or BigTIFF file "
-                "without running out of memory; start with the defaults (png, tile_size 64, overlap 8). "
+                "without running out of memory; start with the defaults (png, tile_size 512, overlap 64). "
                 "Decodes a latent of any size tile by tile with the VAE (overlapping tiles, linear blend) "
                 "and streams the rows straight into a PNG or BigTIFF file in the output folder, with RAM "
                 "bounded by one band of tiles: the end of a gigapixel cascade (Pixelsmith 32768² and "
@@ -107,13 +115,15 @@ class SaveLargeImage(io.ComfyNode):
                                tooltip="deflate = smaller file but slower to write, none = faster but larger; try "
                                        "deflate. BigTIFF strip compression. Ignored for png.",
                                **advanced()),
-                io.Int.Input("tile_size", default=64, min=8, max=512, step=8,
-                             tooltip="Larger = fewer seams and fewer VAE calls, but more VAE memory; try 64. Decode "
-                                     "tile side in latent px (64 = 512 px on SD/SDXL, as the official code).",
+                io.Int.Input("tile_size", default=512, min=64, max=4096, step=8,
+                             tooltip="Larger = fewer seams and fewer VAE calls, but more VAE memory; try 512. Decode "
+                                     "tile side in image px, a whole number of the VAE's latent cells (512 = 64 "
+                                     "latent px on SD/SDXL, as the official code; 32 cells on Flux.2's 16 px).",
                              **advanced()),
-                io.Int.Input("overlap", default=8, min=0, max=256,
-                             tooltip="Raise it if you see seams between tiles; try 8. Tile overlap in latent px, "
-                                     "blended with a linear ramp; 8-16 hides seams; must be below tile_size.",
+                io.Int.Input("overlap", default=64, min=0, max=2048, step=8,
+                             tooltip="Raise it if you see seams between tiles; try 64. Tile overlap in image px "
+                                     "(a whole number of latent cells), blended with a linear ramp; 64-128 hides "
+                                     "seams; must be below tile_size.",
                              **advanced()),
             ],
             outputs=[io.Image.Output(display_name="preview",
@@ -138,6 +148,8 @@ class SaveLargeImage(io.ComfyNode):
         check_filename_prefix(filename_prefix)
         B, _, h, w = latent.shape
         ratio = int(vae.spacial_compression_decode())
+        tile_size, overlap = (latent_cells(name, px, ratio) for name, px in (("tile_size", tile_size),
+                                                                            ("overlap", overlap)))
         H, W = h * ratio, w * ratio
 
         full_folder, filename, counter, subfolder = output_path(filename_prefix, W, H)

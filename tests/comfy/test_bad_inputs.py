@@ -147,7 +147,7 @@ def ultrapixel_apply(**overrides):
     return g.finalize()
 
 
-LARGE = dict(filename_prefix="bad_input/large", format="png", tiff_compression="deflate", tile_size=16, overlap=4)
+LARGE = dict(filename_prefix="bad_input/large", format="png", tiff_compression="deflate", tile_size=128, overlap=32)
 
 
 def save_large(channels=4, **overrides):
@@ -244,7 +244,9 @@ CASES = [
          r"filename_prefix: '\.\./escaped/large' points outside the output folder"),
     Case("save-large-absolute", lambda: save_large(filename_prefix="/tmp/ultrares_escaped/large"),
          r"filename_prefix: '/tmp/ultrares_escaped/large' points outside the output folder"),
-    Case("save-large-overlap", lambda: save_large(overlap=16), r"overlap \(16\) must be in \[0, tile_size=16\)"),
+    Case("save-large-overlap", lambda: save_large(overlap=128), r"overlap \(128\) must be in \[0, tile_size=128\)"),
+    Case("save-large-tile-off-the-latent-cells", lambda: save_large(tile_size=100),
+         r"tile_size: 100 px is not a whole number of this VAE's 8 px latent cells; use 96 px"),
 ]
 
 
@@ -345,7 +347,7 @@ def test_fault_mid_write_leaves_no_file(host, monkeypatch, fault):
     monkeypatch.setattr(module, "PngStreamWriter", FailingWriter)
     prefix = f"bad_input/{fault}"
     before = output_files(host)
-    graph = save_large(filename_prefix=prefix, tile_size=8, overlap=2)  # three rows of tiles
+    graph = save_large(filename_prefix=prefix, tile_size=64, overlap=16)  # three rows of tiles
     if fault == "disk-full":
         with pytest.raises(WorkflowError, match=r"filename_prefix: cannot write .*No space left on device"):
             host.run(graph)
