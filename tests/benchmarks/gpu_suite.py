@@ -249,7 +249,7 @@ def decode_cells(anchor, cuda: bool, fixtures, scale: int) -> list[Cell]:
         try:
             with DevicePeak(cuda) as peak, meter, torch.inference_mode():
                 start = time.perf_counter()
-                large.SaveLargeImage.execute({"samples": latent}, vae, "suite/large", "tiff", "none", 64, 8)
+                large.SaveLargeImage.execute({"samples": latent}, vae, "suite/large", "tiff", "none", 512, 64)
                 wall = time.perf_counter() - start
         finally:
             folder_paths.set_output_directory(saved)
