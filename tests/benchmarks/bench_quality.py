@@ -15,7 +15,7 @@ the same batch of base images (``--samples`` images, one batch from ``--seed``):
 * ``lanczos``: the base image Lanczos-upscaled (no new detail by construction);
 * ``pixelsmith-faithful`` / ``pixelsmith-fast``: a cascade of Pixelsmith Upscale ×2 stages
   (slider 80 % of the steps on the first stage, 90 % on later ones: the tiny model needs more
-  guidance than SDXL, whose paper values are 40 % and 60 %; patch = native 16 latent px);
+  guidance than SDXL, whose paper values are 40 % and 60 %; patch = the native side, 128 px);
 * ``freescale-normal`` / ``freescale-fast``: FreeScale Upscale through every ×2 size.
 
 Metrics (``demo/metrics.py``): objects found (mean; the right count is that of a native picture: 1,

@@ -86,7 +86,7 @@ def demo_method_graph(method: str, scale: int, samples: int, seed: int, steps: i
     its side with ``method``; the images are saved by node ``<method>.save``.
 
     Pixelsmith is a cascade of ×2 Upscale stages (slider = ``sliders[0]`` of the steps on the first
-    stage, ``sliders[1]`` on later ones; patch = the native size in latent px); FreeScale Upscale goes
+    stage, ``sliders[1]`` on later ones; patch = the native size in image px); FreeScale Upscale goes
     through every ×2 size (``cosine_scale``: its detail strength, the paper's 2 by default). A
     ``+detail`` suffix turns the methods' ``keep_detail`` on, ``+global`` Pixelsmith's global positions
     (DiTs). ``model_file`` / ``native``: as for :func:`demo_base_graph`.
