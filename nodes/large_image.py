@@ -142,7 +142,8 @@ class SaveLargeImage(io.ComfyNode):
         if tiff_compression not in TIFF_COMPRESSION:
             raise ValueError(f"tiff_compression must be one of {TIFF_COMPRESSION}, got {tiff_compression!r}")
         if not 0 <= overlap < tile_size:
-            raise ValueError(f"overlap ({overlap}) must be in [0, tile_size={tile_size})")
+            raise ValueError(f"overlap ({overlap} px) must be in [0, tile_size={tile_size} px); lower overlap or "
+                             f"raise tile_size")
         latent = samples["samples"]
         check_latent_matches_vae(latent, vae, "samples")
         check_filename_prefix(filename_prefix)

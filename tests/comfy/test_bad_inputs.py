@@ -244,7 +244,8 @@ CASES = [
          r"filename_prefix: '\.\./escaped/large' points outside the output folder"),
     Case("save-large-absolute", lambda: save_large(filename_prefix="/tmp/ultrares_escaped/large"),
          r"filename_prefix: '/tmp/ultrares_escaped/large' points outside the output folder"),
-    Case("save-large-overlap", lambda: save_large(overlap=128), r"overlap \(128\) must be in \[0, tile_size=128\)"),
+    Case("save-large-overlap", lambda: save_large(overlap=128),
+         r"overlap \(128 px\) must be in \[0, tile_size=128 px\)"),
     Case("save-large-tile-off-the-latent-cells", lambda: save_large(tile_size=100),
          r"tile_size: 100 px is not a whole number of this VAE's 8 px latent cells; use 96 px"),
 ]

@@ -39,7 +39,8 @@ def picture_size(name: str, value) -> bool:
 def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
     """The same graph at a test size: every pixel size scaled by one factor so the largest is
     at most ``max_px`` (ints named *width/*height/*size and size-list strings such as
-    "1024, 2048, 4096"), step counts cut to ``steps`` and Pixelsmith's ``band`` to 3 (the shrunk
+    "1024, 2048, 4096"), a tile ``overlap`` by the same factor (it stays below its tile, which is at
+    least 64 px), step counts cut to ``steps`` and Pixelsmith's ``band`` to 3 (the shrunk
     latents can be 8 px, and the band must stay below half the patch clamped to them). UltraPixel's
     ``lr_size`` is the model's native size, not a picture size, and stays. Nothing else is touched."""
     out = json.loads(json.dumps(prompt))
@@ -57,6 +58,8 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
                 node["inputs"][k] = scaled(v)
             elif size_list(v):
                 node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
+            elif k == "overlap" and isinstance(v, int):
+                node["inputs"][k] = v // factor // 8 * 8
             elif k == "steps" and isinstance(v, int):
                 node["inputs"][k] = min(v, steps)
             elif k == "band" and isinstance(v, int):
