@@ -139,7 +139,9 @@ def test_scale_fusion_at_the_native_size_is_plain_attention(host, rec, kind):
     the grid and back) must give the plain model's result."""
     size = (1000, 488) if kind == "lumina2" else (1024, 512)
     plain = fused(host, rec, kind, fusion=False, tag="plain", size=size)
-    torch.testing.assert_close(fused(host, rec, kind, size=size), plain, rtol=1e-4, atol=1e-5)
+    # fp32 rounding only: the fused path sums the same attention in another order (one element of a latent
+    # of spread ~1 came out 1.4e-5 off in one run); pad tokens left out of place move it by up to 8.
+    torch.testing.assert_close(fused(host, rec, kind, size=size), plain, rtol=1e-4, atol=1e-4)
 
 
 def test_scale_fusion_moves_z_image_pad_tokens_out_of_the_grid(host):
