@@ -11,7 +11,8 @@
   :func:`fine_energy`: the power of the top spectral band (periods under 4 px) at 1:1, to compare
   with direct sampling and the training images (native-scale detail kept);
 * structure kept — :func:`mask_iou`: IoU of the object masks of the result (at the base's size)
-  and of the base;
+  and of the base; :func:`hue_kept`: the object's hue stays within 30° of the base's (a red disc
+  that turns orange or yellow has changed colour);
 * seams — :func:`seam_score`: the colour jump across the lines of a tile grid (patch or VAE tile
   borders) ÷ the jump across the latent-cell borders beside them (1 = no seam at the grid);
   :func:`worst_line`: the strongest cell-border line ÷ the median one, wherever it lies.
@@ -156,3 +157,21 @@ def mask_iou(result: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     inter = (a & b).flatten(1).sum(1).float()
     union = (a | b).flatten(1).sum(1).float()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+HUE_TOLERANCE = 30.0  # degrees: red → orange is 30°, any colour → another object class's is 60° or more
+
+
+def object_hue(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> [B] circular mean hue (degrees) of the object pixels; NaN without any."""
+    hue = kornia.color.rgb_to_hsv(images.float())[:, 0]  # radians in [0, 2π)
+    mask = object_mask(images).float()
+    mean = torch.atan2((hue.sin() * mask).flatten(1).sum(1), (hue.cos() * mask).flatten(1).sum(1))
+    return torch.where(mask.flatten(1).sum(1) > 0, torch.rad2deg(mean) % 360, torch.full_like(mean, math.nan))
+
+
+def hue_kept(result: torch.Tensor, base: torch.Tensor, tolerance: float = HUE_TOLERANCE) -> torch.Tensor:
+    """Per image: the object's hue in ``result`` is within ``tolerance`` degrees of ``base``'s (False
+    where either has no object)."""
+    diff = (object_hue(result) - object_hue(base)).abs() % 360
+    return torch.minimum(diff, 360 - diff) <= tolerance  # NaN compares False

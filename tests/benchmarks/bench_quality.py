@@ -24,7 +24,8 @@ the IoU of its object mask with the base's; the Fréchet distance of 1:1 32² cr
 the training images' (lower = detail more like the training data); the power of the top spectral
 band (periods under 4 px) ÷ the training images' (native-scale detail kept); the seam score on the
 Pixelsmith patch grid, one native side (jump across the grid lines ÷ the jump across the latent-cell
-borders beside them; 1 = no seam) and the worst line anywhere; wall time; peak RSS rise. It prints a
+borders beside them; 1 = no seam) and the worst line anywhere; % whose object keeps the base's
+hue (within 30°); wall time; peak RSS rise. It prints a
 Markdown table and writes ``quality.png`` (the bars) and ``grid_<scale>x.jpg`` (first sample of each
 method, same seed) to ``--out``.
 """
@@ -151,8 +152,8 @@ def main(argv=None) -> int:
 
     rows = []
     print("\n| scale | method | objects (mean) | right count % | SSIM to base | mask IoU | texture distance "
-          "| fine detail ÷ training | seam (patch grid) | worst line | wall s | peak RSS rise GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fine detail ÷ training | seam (patch grid) | worst line | colour kept % | wall s | peak RSS rise GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scale in args.scales:
         grid = {"base": base[0]}
         for method in args.methods:
@@ -172,12 +173,14 @@ def main(argv=None) -> int:
                    "fine": metrics.fine_energy(images) / training_fine,
                    "seam": float(metrics.seam_score(images, native).mean()),
                    "worst_line": float(metrics.worst_line(images).mean()),
+                   "colour_pct": float(100 * metrics.hue_kept(images, base).float().mean()),
                    "wall": wall, "rss": (meter.peak_rss - meter.base_rss) / 2**30}
             rows.append(row)
             grid[method] = images[0]
             print(f"| {scale}× ({native * scale}²) | {method} | {row['objects']:.2f} | {row['right_pct']:.0f} | "
                   f"{row['ssim']:.3f} | {row['iou']:.3f} | {row['texture']:.1f} | {row['fine']:.2f} | "
-                  f"{row['seam']:.3f} | {row['worst_line']:.2f} | {wall:.1f} | {row['rss']:.2f} |", flush=True)
+                  f"{row['seam']:.3f} | {row['worst_line']:.2f} | {row['colour_pct']:.0f} | {wall:.1f} | "
+                  f"{row['rss']:.2f} |", flush=True)
         picture_grid(grid, args.out / f"grid_{scale}x.jpg")
     bar_chart(rows, args.scales, args.methods, args.out / "quality.png")
     print(f"\nwrote {args.out / 'quality.png'} and the picture grids")

@@ -5,6 +5,8 @@ directly at 4× the side it repeats the object; Pixelsmith and FreeScale keep on
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +107,17 @@ def test_quality_metrics_see_seams_detail_and_structure(host):
     small = torch.nn.functional.interpolate(images, size=(128, 128), mode="area")
     assert float(m.mask_iou(images, small).min()) > 0.9
     assert float(m.mask_iou(images.roll(200, dims=-1), small).max()) < 0.5
+    assert bool(m.hue_kept(images, small).all())
+    assert not bool(m.hue_kept(images[:, [1, 2, 0]], small).any())  # every colour moved by 120°
+    import kornia
+
+    def hue_turned(degrees: float) -> torch.Tensor:
+        hsv = kornia.color.rgb_to_hsv(images)
+        hsv[:, 0] = torch.where(m.object_mask(images), (hsv[:, 0] + math.radians(degrees)) % math.tau, hsv[:, 0])
+        return kornia.color.hsv_to_rgb(hsv)
+
+    assert bool(m.hue_kept(hue_turned(20), images).all())  # a shade: kept
+    assert not bool(m.hue_kept(hue_turned(40), images).any())  # red → orange: changed
 
 
 def test_shipped_demo_workflow_renders_every_image(host):
