@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import kornia
 import numpy as np
 import pytest
 import torch
@@ -109,7 +110,6 @@ def test_quality_metrics_see_seams_detail_and_structure(host):
     assert float(m.mask_iou(images.roll(200, dims=-1), small).max()) < 0.5
     assert bool(m.hue_kept(images, small).all())
     assert not bool(m.hue_kept(images[:, [1, 2, 0]], small).any())  # every colour moved by 120°
-    import kornia
 
     def hue_turned(degrees: float) -> torch.Tensor:
         hsv = kornia.color.rgb_to_hsv(images)
