@@ -165,9 +165,10 @@ HUE_TOLERANCE = 30.0  # degrees: red → orange is 30°, any colour → another 
 def object_hue(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> [B] circular mean hue (degrees) of the object pixels; NaN without any."""
     hue = kornia.color.rgb_to_hsv(images.float())[:, 0]  # radians in [0, 2π)
-    mask = object_mask(images).float()
-    mean = torch.atan2((hue.sin() * mask).flatten(1).sum(1), (hue.cos() * mask).flatten(1).sum(1))
-    return torch.where(mask.flatten(1).sum(1) > 0, torch.rad2deg(mean) % 360, torch.full_like(mean, math.nan))
+    mask = object_mask(images).float().flatten(1)
+    hue = hue.flatten(1)
+    mean = torch.atan2((hue.sin() * mask).sum(1), (hue.cos() * mask).sum(1))
+    return torch.where(mask.sum(1) > 0, torch.rad2deg(mean) % 360, torch.full_like(mean, math.nan))
 
 
 def hue_kept(result: torch.Tensor, base: torch.Tensor, tolerance: float = HUE_TOLERANCE) -> torch.Tensor:

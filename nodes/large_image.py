@@ -143,7 +143,7 @@ class SaveLargeImage(io.ComfyNode):
             raise ValueError(f"tiff_compression must be one of {TIFF_COMPRESSION}, got {tiff_compression!r}")
         if not 0 <= overlap < tile_size:
             raise ValueError(f"overlap ({overlap} px) must be in [0, tile_size={tile_size} px); lower overlap or "
-                             f"raise tile_size")
+                             "raise tile_size")
         latent = samples["samples"]
         check_latent_matches_vae(latent, vae, "samples")
         check_filename_prefix(filename_prefix)

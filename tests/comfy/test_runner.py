@@ -49,8 +49,11 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
               for x in re.findall(r"\d+", v)]
     factor = max(1, -(-max(sizes, default=0) // max_px))
 
+    def shrunk(v: int) -> int:
+        return v // factor // 8 * 8
+
     def scaled(v: int) -> int:
-        return max(64, v // factor // 8 * 8)
+        return max(64, shrunk(v))
 
     for node in out.values():
         for k, v in node["inputs"].items():
@@ -59,7 +62,7 @@ def shrink(prompt: dict, max_px: int = 256, steps: int = 2) -> dict:
             elif size_list(v):
                 node["inputs"][k] = re.sub(r"\d+", lambda m: str(scaled(int(m.group()))), v)
             elif k == "overlap" and isinstance(v, int):
-                node["inputs"][k] = v // factor // 8 * 8
+                node["inputs"][k] = shrunk(v)
             elif k == "steps" and isinstance(v, int):
                 node["inputs"][k] = min(v, steps)
             elif k == "band" and isinstance(v, int):
